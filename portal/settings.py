@@ -195,7 +195,18 @@ X_FRAME_OPTIONS = "DENY"
 if env.bool("BEHIND_TLS_PROXY", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+from urllib.parse import urlsplit  # noqa: E402
+
 from csp.constants import NONE, SELF  # noqa: E402
+
+
+def _origin(url):
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}" if parts.scheme and parts.netloc else None
+
+
+# Forms that end in a redirect to the identity provider (sign-out) need its origin.
+_IDP_ORIGINS = sorted({o for o in map(_origin, [OIDC_OP_AUTHORIZATION_ENDPOINT, OIDC_OP_LOGOUT_ENDPOINT]) if o})
 
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
@@ -207,7 +218,7 @@ CONTENT_SECURITY_POLICY = {
         "font-src": [SELF, "data:"],
         "connect-src": [SELF],
         "frame-ancestors": [NONE],
-        "form-action": [SELF] + env.list("CSP_FORM_ACTION", default=[]),
+        "form-action": [SELF] + _IDP_ORIGINS + env.list("CSP_FORM_ACTION", default=[]),
         "object-src": [NONE],
         "base-uri": [SELF],
     },
@@ -244,6 +255,7 @@ SPECTACULAR_SETTINGS = {
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = env("STATIC_ROOT", default=str(VAR_DIR / "staticfiles"))
+Path(STATIC_ROOT).mkdir(parents=True, exist_ok=True)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env("TIME_ZONE", default="UTC")
 USE_I18N = True
