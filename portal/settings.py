@@ -177,6 +177,7 @@ AUTH_PASSWORD_VALIDATORS = [
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 if env("EMAIL_URL", default=""):
     vars().update(env.email_url("EMAIL_URL"))
+EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(VAR_DIR / "mail"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Nephele <nephele@localhost>")
 INVITATION_VALID_DAYS = env.int("INVITATION_VALID_DAYS", default=14)
 

@@ -16,6 +16,7 @@ from django.db import transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
+from . import tasks
 from .models import Invitation, MemberUsage, Membership, Project, Quota, Resource
 
 log = logging.getLogger(__name__)
@@ -174,18 +175,21 @@ def invitation_create(*, project, email, role, actor, request=None):
         invitation.full_clean()
         invitation.save()
     url = (request.build_absolute_uri if request else _absolute)(invitation.get_absolute_url())
+    # Mail goes out from a worker, and only once the invitation is committed.
+    transaction.on_commit(lambda: tasks.send_invitation.delay(invitation.pk, url))
+    return invitation
+
+
+def invitation_send(*, invitation, url):
     body = render_to_string(
         "projects/email/invitation.txt", {"invitation": invitation, "url": url, "site_name": settings.SITE_NAME}
     )
-    transaction.on_commit(
-        lambda: send_mail(
-            f"[{settings.SITE_NAME}] Invitation to {project.name}",
-            body,
-            settings.DEFAULT_FROM_EMAIL,
-            [email],
-        )
+    send_mail(
+        f"[{settings.SITE_NAME}] Invitation to {invitation.project.name}",
+        body,
+        settings.DEFAULT_FROM_EMAIL,
+        [invitation.email],
     )
-    return invitation
 
 
 def _absolute(path):
@@ -258,6 +262,11 @@ def quota_set(*, project, resource, limit, per_member_limit=None, actor=None):
     return quota
 
 
+def _check_amount(amount):
+    if amount < 0:
+        raise ValueError("amount must not be negative")
+
+
 def _locked(project, resource, user):
     quota = Quota.objects.select_for_update().get(project=project, resource=resource)
     share, _ = MemberUsage.objects.select_for_update().get_or_create(quota=quota, user=user)
@@ -268,8 +277,7 @@ def _locked(project, resource, user):
 def quota_reserve(*, project, user, resource, amount):
     """Claim `amount` of `resource` for `user` in `project`, or raise
     QuotaExceeded. Locks the quota row, so concurrent callers queue up."""
-    if amount < 0:
-        raise ValueError("amount must not be negative")
+    _check_amount(amount)
     quota, share = _locked(project, resource, user)
     if quota.consumed + amount > quota.limit:
         raise QuotaExceeded(quota=quota, requested=amount, scope="project", current=quota.consumed, limit=quota.limit)
@@ -287,6 +295,7 @@ def quota_reserve(*, project, user, resource, amount):
 @transaction.atomic
 def quota_commit(*, project, user, resource, amount):
     """A reservation was confirmed by the backend: it becomes usage."""
+    _check_amount(amount)
     quota, share = _locked(project, resource, user)
     quota.reserved = max(quota.reserved - amount, 0)
     share.reserved = max(share.reserved - amount, 0)
@@ -301,6 +310,7 @@ def quota_commit(*, project, user, resource, amount):
 def quota_release(*, project, user, resource, amount, reserved=True):
     """Give back `amount`: a failed or cancelled reservation (reserved=True),
     or usage that ended, e.g. a deleted server (reserved=False)."""
+    _check_amount(amount)
     quota, share = _locked(project, resource, user)
     field = "reserved" if reserved else "used"
     setattr(quota, field, max(getattr(quota, field) - amount, 0))

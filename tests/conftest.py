@@ -27,7 +27,18 @@ def pytest_configure(config):
 def _fast_hashing_and_mail(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+
+
+@pytest.fixture(autouse=True)
+def celery_eager():
+    """Tasks run inline in unit tests (Celery reads its config once, so set it
+    on the app, not in Django settings). The worker tests turn this off."""
+    from portal.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield app
+    app.conf.task_always_eager = False
 
 
 def make_user(username, *, email=None, staff=False, password=PASSWORD, **extra):
