@@ -12,6 +12,16 @@ class BootstrapMixin:
                 "form-check-input" if isinstance(widget, forms.CheckboxInput) else "form-control"
             )
             widget.attrs["class"] = f"{widget.attrs.get('class', '')} {css}".strip()
-            if self.is_bound and name in self.errors:
-                widget.attrs["class"] += " is-invalid"
+
+    def full_clean(self):
+        # Mark invalid fields after validation, not in __init__: reading
+        # self.errors there would validate before a view can adjust the
+        # fields (e.g. drop `status` for non-staff), and that stale result
+        # would be used.
+        super().full_clean()
+        for name in self._errors or {}:
+            if name in self.fields:
+                widget = self.fields[name].widget
+                if "is-invalid" not in widget.attrs.get("class", ""):
+                    widget.attrs["class"] = f"{widget.attrs.get('class', '')} is-invalid".strip()
                 widget.attrs["aria-invalid"] = "true"

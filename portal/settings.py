@@ -152,15 +152,14 @@ OIDC_STORE_ID_TOKEN = bool(OIDC_OP_LOGOUT_ENDPOINT)
 OIDC_OP_LOGOUT_URL_METHOD = "portal.auth.provider_logout_url"
 LOGIN_REDIRECT_URL_FAILURE = "/login/refused/"
 # Claims whose values are matched against NEPHELE_CLAIM_RULES (regexes with
-# named groups `project` and optional `role`) to give project memberships.
+# named groups `project` and optional `role`, separated by white space, since
+# a regex may well hold a comma) to give project memberships.
 NEPHELE_MEMBERSHIP_CLAIMS = env.list("NEPHELE_MEMBERSHIP_CLAIMS", default=["eduperson_entitlement", "groups"])
-NEPHELE_CLAIM_RULES = env.list(
+NEPHELE_CLAIM_RULES = env.str(
     "NEPHELE_CLAIM_RULES",
-    default=[
-        r"^urn:mace:nephele:project:(?P<project>[a-z0-9][a-z0-9-]*)(?::role=(?P<role>manager|member))?$",
-        r"^nephele-(?P<project>[a-z0-9][a-z0-9-]*)-(?P<role>manager|member)$",
-    ],
-)
+    default=r"^urn:mace:nephele:project:(?P<project>[a-z0-9][a-z0-9-]*)(?::role=(?P<role>manager|member))?$"
+    r" ^nephele-(?P<project>[a-z0-9][a-z0-9-]*)-(?P<role>manager|member)$",
+).split()
 # Values of these claims (in NEPHELE_MEMBERSHIP_CLAIMS) make a user staff.
 NEPHELE_STAFF_CLAIM_VALUES = env.list("NEPHELE_STAFF_CLAIM_VALUES", default=[])
 if OIDC_ENABLED:

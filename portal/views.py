@@ -42,7 +42,8 @@ def admin_login(request):
             safe = url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()})
             return redirect(target if target and safe else "admin:index")
         return render(request, "portal/staff_only.html", status=403)
-    return redirect(f"{reverse('account_login')}?{request.GET.urlencode()}")
+    query = request.GET.urlencode()
+    return redirect(reverse("account_login") + (f"?{query}" if query else ""))
 
 
 @login_required

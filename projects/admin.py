@@ -1,6 +1,7 @@
 from django.contrib import admin
 from django.utils.html import format_html
 
+from . import services
 from .models import Invitation, MemberUsage, Membership, Project, Quota
 
 
@@ -30,6 +31,11 @@ class ProjectAdmin(admin.ModelAdmin):
     @admin.display(description="members")
     def member_count(self, obj):
         return obj.memberships.count()
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        # Projects made here get every quota row too, like project_create.
+        services.quotas_ensure(project=form.instance)
 
 
 @admin.register(Membership)
@@ -71,3 +77,8 @@ class MemberUsageAdmin(admin.ModelAdmin):
     list_filter = ["quota__resource"]
     list_select_related = ["user", "quota__project"]
     readonly_fields = ["quota", "user", "used", "reserved"]
+
+    def has_add_permission(self, request):
+        # Rows come from quota_reserve; every field is read-only, so an
+        # added row would have no quota or user (a database error).
+        return False

@@ -6,6 +6,7 @@ small derived properties only.
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.urls import reverse
@@ -151,6 +152,10 @@ class Quota(models.Model):
 
     def __str__(self):
         return f"{self.project}: {self.get_resource_display()}"
+
+    def clean(self):
+        if self.per_member_limit is not None and self.limit is not None and self.per_member_limit > self.limit:
+            raise ValidationError({"per_member_limit": "The per-member limit cannot exceed the project's total."})
 
     @property
     def consumed(self):

@@ -11,7 +11,9 @@ def projects_visible_to(user):
         return Project.objects.none()
     qs = Project.objects.all()
     if not user.is_staff:
-        qs = qs.filter(memberships__user=user)
+        # A subquery, not a join: a join on memberships would be reused by
+        # later annotations (member counts would only count the user).
+        qs = qs.filter(pk__in=Membership.objects.filter(user=user).values("project_id"))
     return qs
 
 

@@ -75,13 +75,21 @@ def project_create(*, slug, name, description="", actor=None, limits=None, manag
         project = Project(slug=slug, name=name, description=description)
         project.full_clean()
         project.save()
-        values = default_quota_limits()
-        values.update(limits or {})
-        for resource in Resource.values:
-            Quota.objects.create(project=project, resource=resource, limit=values[resource])
+        quotas_ensure(project=project, limits=limits)
         if manager is not None:
             membership_set(project=project, user=manager, role=Membership.Role.MANAGER, actor=actor)
     return project
+
+
+def quotas_ensure(*, project, limits=None):
+    """Give `project` a quota row for every resource (missing ones get the
+    site defaults), e.g. for projects created in the admin."""
+    values = default_quota_limits()
+    values.update(limits or {})
+    existing = set(project.quotas.values_list("resource", flat=True))
+    Quota.objects.bulk_create(
+        [Quota(project=project, resource=r, limit=values[r]) for r in Resource.values if r not in existing]
+    )
 
 
 @transaction.atomic

@@ -4,6 +4,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_POST
 
 from portal.listing import paginate, querystring_without, sort_queryset
@@ -44,8 +45,13 @@ def project_list(request):
         "sort_qs": querystring_without(request, "sort", "page"),
         "page_qs": querystring_without(request, "page"),
     }
-    template = "projects/_project_table.html" if request.htmx else "projects/project_list.html"
-    return render(request, template, context)
+    # htmx swaps in just the table, except when restoring history (it then
+    # replaces the whole body); Vary keeps caches from mixing the two.
+    partial = request.htmx and not request.htmx.history_restore_request
+    template = "projects/_project_table.html" if partial else "projects/project_list.html"
+    response = render(request, template, context)
+    patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
+    return response
 
 
 @login_required
@@ -68,7 +74,8 @@ def project_detail(request, slug):
 @login_required
 def project_edit(request, slug):
     project = _managed_project(request, slug)
-    form = ProjectForm(request.POST or None, instance=project)
+    # A separate instance, so a rejected edit does not show up in the heading.
+    form = ProjectForm(request.POST or None, instance=Project.objects.get(pk=project.pk))
     if not request.user.is_staff:
         # Suspending or archiving a project is the operators' call.
         form.fields.pop("status")
