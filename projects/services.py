@@ -328,6 +328,22 @@ def quota_release(*, project, user, resource, amount, reserved=True):
     return quota
 
 
+@transaction.atomic
+def quota_settle(*, project, user, resource, reserved, actual):
+    """Finish a reservation with what was really used: the reservation goes,
+    the actual amount (which may differ, e.g. core-hours) becomes usage."""
+    _check_amount(reserved)
+    _check_amount(actual)
+    quota, share = _locked(project, resource, user)
+    quota.reserved = max(quota.reserved - reserved, 0)
+    share.reserved = max(share.reserved - reserved, 0)
+    quota.used += actual
+    share.used += actual
+    quota.save(update_fields=["reserved", "used", "updated"])
+    share.save(update_fields=["reserved", "used"])
+    return quota
+
+
 # --- Claims ----------------------------------------------------------------------
 
 
