@@ -107,6 +107,14 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULE = {
+    "sync-slurm-jobs": {
+        "task": "jobs.tasks.sync_all_clusters",
+        "schedule": timedelta(seconds=env.int("JOB_SYNC_SECONDS", default=15)),
+    },
+    "sync-slurm-partitions": {
+        "task": "clusters.tasks.sync_all_partitions",
+        "schedule": timedelta(hours=1),
+    },
     "expire-invitations": {
         "task": "projects.tasks.expire_invitations",
         "schedule": timedelta(hours=1),

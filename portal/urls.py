@@ -12,11 +12,13 @@ from .api import MeView
 api_v1 = [
     path("me/", MeView.as_view(), name="me"),
     path("", include("projects.api_urls")),
+    path("", include("jobs.api_urls")),
 ]
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("projects/", include("projects.urls")),
+    path("jobs/", include("jobs.urls")),
     path("invitations/<str:token>/", project_views.invitation_accept, name="invitation"),
     # One login page for everything: the admin's own form would bypass the
     # failed-login throttling and the OIDC button.

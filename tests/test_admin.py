@@ -11,6 +11,8 @@ from django.test import RequestFactory
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
+from clusters.models import ClusterAccount, CommandNode, Partition, PosixAccount, SlurmCluster
+from jobs.models import Job, JobTemplate
 from projects import services
 from projects.models import Membership, Project, Quota
 
@@ -33,6 +35,15 @@ def populated(cast):
     EmailAddress.objects.create(user=cast.alice, email=cast.alice.email, verified=True, primary=True)
     Group.objects.create(name="operators")
     services.membership_set(project=cast.alpha, user=cast.mallory, role="member", actor=cast.alice)
+    cluster = SlurmCluster.objects.create(name="hpc", ssh_user="nephele", ssh_private_key="k", known_hosts="h")
+    CommandNode.objects.create(cluster=cluster, host="login1.example.org")
+    Partition.objects.create(cluster=cluster, name="debug", is_default=True)
+    ClusterAccount.objects.create(cluster=cluster, project=cast.alpha, account="alpha")
+    PosixAccount.objects.create(user=cast.alice, cluster=cluster, username="alice")
+    template = JobTemplate.objects.create(name="Hello", script="echo {{ who }}",
+                                          parameters=[{"name": "who", "default": "world"}])
+    Job.objects.create(project=cast.alpha, owner=cast.alice, cluster=cluster, name="hello", script="echo hi",
+                       template=template)
     cast.invitation = invitation
     return cast
 

@@ -1,0 +1,139 @@
+"""Submission throughput: raw sbatch on the node vs the portal end to end.
+
+Run with the test bed up (`make bench-submit`, or source .testbed/env and
+`python bench/submit_throughput.py`). In one run it measures
+  (a) raw: a shell loop of `sudo -n -u ada sbatch --hold` as the service user on
+      the command node (this machine), the same user and sudo mode the portal uses;
+  (b) portal: N jobs POSTed to /api/v1/jobs/ -> Celery (Redis broker, real
+      worker processes) -> SSH -> sudo sbatch -> Slurm id stored in the database;
+and prints both rates and their ratio. All jobs are held and cancelled after.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+BENCH_DB = "nephele_bench"
+
+
+def setup_django():
+    base = os.environ["DATABASE_URL"].rsplit("/", 1)[0]
+    subprocess.run(["psql", f"{base}/postgres", "-qc", f"CREATE DATABASE {BENCH_DB}"],
+                   capture_output=True)  # fails harmlessly when it exists
+    os.environ["DATABASE_URL"] = f"{base}/{BENCH_DB}"
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
+    os.environ["ALLOWED_HOSTS"] = "testserver"
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def fixtures():
+    from django.contrib.auth import get_user_model
+
+    from clusters.models import CommandNode, PosixAccount, SlurmCluster
+    from projects import services as project_services
+    from projects.models import Project
+
+    env = os.environ
+    cluster, _ = SlurmCluster.objects.update_or_create(
+        name="bench", defaults=dict(
+            ssh_user=env["SLURM_TEST_SSH_USER"], ssh_private_key=Path(env["SLURM_TEST_SSH_KEY"]).read_text(),
+            known_hosts=Path(env["SLURM_TEST_KNOWN_HOSTS"]).read_text(), sudo_mode="sudo",
+            work_prefix=env["SLURM_TEST_WORK_PREFIX"], slurm_conf=env["SLURM_TEST_SLURM_CONF"]))
+    port = int(env["SLURM_TEST_PORTS"].split(",")[0])
+    CommandNode.objects.get_or_create(cluster=cluster, host=env["SLURM_TEST_HOST"], port=port)
+    user = get_user_model().objects.filter(username="bench").first() or get_user_model().objects.create_user(
+        "bench", email="bench@example.org")
+    PosixAccount.objects.get_or_create(user=user, cluster=cluster, defaults={"username": "ada"})
+    project = Project.objects.filter(slug="alpha").first() or project_services.project_create(
+        slug="alpha", name="Alpha", manager=user)
+    project_services.quota_set(project=project, resource="core_hours", limit=10**9)
+    return cluster, user, project
+
+
+def scancel_all(name_prefix):
+    subprocess.run(["bash", "-c", f"squeue -h -a -o '%i %j' | awk '$2 ~ /^{name_prefix}/ {{print $1}}' "
+                    "| xargs -r scancel"], check=False)
+
+
+def raw_rate(n, workdir):
+    script = (
+        f"for i in $(seq {n}); do printf '#!/bin/bash\\ntrue\\n' | "
+        f"sudo -n -u ada sbatch --hold --parsable -J rawbench-$i --chdir={workdir} -o /dev/null -e /dev/null "
+        "-A alpha >/dev/null || exit 1; done"
+    )
+    t0 = time.perf_counter()
+    subprocess.run(["sudo", "-u", os.environ["SLURM_TEST_SSH_USER"], "--preserve-env=SLURM_CONF", "bash", "-c",
+                    script], check=True)
+    elapsed = time.perf_counter() - t0
+    scancel_all("rawbench-")
+    return n / elapsed
+
+
+def portal_rate(n, cluster, user, project, workers):
+    from rest_framework.test import APIClient
+
+    from jobs.models import Job
+
+    queue = f"bench-{os.getpid()}"
+    env = dict(os.environ, CELERY_TASK_DEFAULT_QUEUE=queue)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "-Q", queue,
+         "-n", f"bench{i}-{os.getpid()}@%h", "--loglevel", "WARNING"], cwd=ROOT, env=env)
+        for i in range(workers)]
+    from portal.celery import app
+
+    app.conf.task_default_queue = queue
+    client = APIClient()
+    client.force_authenticate(user)
+    try:
+        time.sleep(4)  # let the workers connect
+        Job.objects.filter(cluster=cluster).delete()
+        body = {"project": project.slug, "cluster": cluster.name, "name": "portalbench", "cpus": 1,
+                "time_limit_minutes": 1, "script": "#!/bin/bash\n#SBATCH --hold\ntrue\n"}
+        t0 = time.perf_counter()
+        for _ in range(n):
+            response = client.post("/api/v1/jobs/", body, format="json")
+            assert response.status_code == 201, response.content
+        while Job.objects.filter(cluster=cluster).exclude(scheduler_id="").count() < n:
+            if time.perf_counter() - t0 > 600:
+                raise SystemExit("portal submission did not finish in 10 minutes")
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(timeout=30)
+        scancel_all("nephele-")
+    return n / elapsed
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-n", type=int, default=200, help="jobs per method (default 200)")
+    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
+    args = parser.parse_args()
+    setup_django()
+    cluster, user, project = fixtures()
+    from clusters.services import user_workdir
+
+    workdir = user_workdir(cluster=cluster, username="ada")
+    subprocess.run(["sudo", "-u", os.environ["SLURM_TEST_SSH_USER"], "mkdir", "-p", "-m", "1777", workdir], check=True)
+    raw = raw_rate(args.n, workdir)
+    portal = portal_rate(args.n, cluster, user, project, args.workers)
+    print(f"raw sbatch loop (sudo -u ada, on the node): {raw:8.1f} jobs/s")
+    print(f"portal API -> Celery -> SSH -> sbatch:      {portal:8.1f} jobs/s  ({args.workers} workers)")
+    print(f"ratio portal/raw: {portal / raw:.2f}  (target >= 0.80)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,461 @@
+"""Slurm through a command node over SSH (bwVisu-style).
+
+`SlurmClient` runs sbatch/squeue/sacct/scancel/scontrol on a command node
+through an `SSHPool`. Two modes:
+
+- "service": everything runs as the portal's service user (jobs belong to it).
+- "sudo": submissions and cancellations run as the job owner with
+  `sudo -n -u <user>`; the node allows the service user exactly
+  sbatch/squeue/scancel/sacct as any non-root user (see docs / test bed).
+  Read-only queries (squeue, sacct, scontrol) run as the service user with
+  `-a`, so one call covers everyone's jobs and timestamps can be asked for
+  as epoch seconds (SLURM_TIME_FORMAT=%s does not survive sudo).
+
+Safety: every argument is a separate, shell-quoted argv element (see
+ssh.py); values are also validated here, so a bad partition or user name is a
+clean `InvalidRequest` before anything runs. The job script goes on stdin.
+Job environment variables are written into the script as
+`export NAME='value'` lines (shlex-quoted) right after the shebang/#SBATCH
+header -- never on the sbatch command line, so commas, quotes and newlines in
+values need no special casing. (sbatch keeps its default --export=ALL.)
+
+Parsers are pure functions (`parse_squeue`, `parse_sacct`,
+`parse_partitions`, `parse_slurm_time`, `parse_timestamp`) for unit tests.
+"""
+import re
+import shlex
+from datetime import datetime, timezone
+
+from .base import (
+    AccountingEntry,
+    BackendError,
+    CommandFailed,
+    InvalidRequest,
+    PartitionInfo,
+    QueueEntry,
+    SubmitRequest,
+)
+
+SEP = "\x1f"  # ASCII unit separator: cannot appear in names we submit
+POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]{1,64}$")  # accounts, partitions
+JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+ARRAY_SPEC = re.compile(r"^[0-9][0-9,:%-]*$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+SQUEUE_FORMAT = SEP.join(["%i", "%A", "%F", "%K", "%T", "%r", "%u", "%S", "%j"])
+SACCT_FIELDS = ("JobID,JobName,User,Account,Partition,State,ExitCode,AllocCPUS,ElapsedRaw,CPUTimeRAW,"
+                "Submit,Start,End")
+ALL_STATES = "PD,R,RQ,S,CD,CA,F,TO,NF,OOM,PR,BF,DL,RV,RS"
+QUERY_ENV = {"SLURM_TIME_FORMAT": "%s"}
+
+
+# -- parsers ------------------------------------------------------------------------
+
+
+def parse_timestamp(value):
+    """A Slurm time field -> aware datetime (UTC) or None. Epoch seconds
+    (SLURM_TIME_FORMAT=%s) are exact; ISO 'YYYY-MM-DDTHH:MM:SS' (the default
+    format, in the command node's local time) is taken as UTC."""
+    value = (value or "").strip()
+    if not value or value in ("Unknown", "None", "N/A", "NONE", "(null)", "0"):
+        return None
+    if value.isdigit():
+        return datetime.fromtimestamp(int(value), tz=timezone.utc)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def parse_slurm_time(value):
+    """A Slurm duration (MaxTime, DefaultTime, TimeLimit) -> whole minutes
+    (seconds round up), or None for UNLIMITED/NONE/INFINITE/empty. Accepts
+    M, M:S, H:M:S, D-H, D-H:M, D-H:M:S."""
+    value = (value or "").strip()
+    if not value or value.upper() in ("UNLIMITED", "INFINITE", "NONE", "N/A", "(NULL)"):
+        return None
+    days = 0
+    if "-" in value:
+        d, _, value = value.partition("-")
+        days = int(d)
+        parts = [int(p) for p in value.split(":")]
+        while len(parts) < 3:  # D-H, D-H:M
+            parts.append(0)
+        hours, minutes, seconds = parts
+    else:
+        parts = [int(p) for p in value.split(":")]
+        if len(parts) == 1:
+            hours, minutes, seconds = 0, parts[0], 0
+        elif len(parts) == 2:
+            hours, (minutes, seconds) = 0, parts
+        elif len(parts) == 3:
+            hours, minutes, seconds = parts
+        else:
+            raise ValueError(f"not a Slurm time: {value!r}")
+    total = days * 1440 + hours * 60 + minutes
+    return total + (1 if seconds else 0)
+
+
+def _split_array(job_id):
+    """'123_4' -> ('123', '4'); '123_[5-9]' -> ('123', '5-9'); '123' -> ('', '')."""
+    base, sep, task = job_id.partition("_")
+    if not sep:
+        return "", ""
+    return base, task.strip("[]")
+
+
+def _sep_of(text):
+    return SEP if SEP in text else "|"
+
+
+def parse_squeue(text):
+    """Output of `squeue -h -o SQUEUE_FORMAT` -> {job_id: QueueEntry}.
+    Array tasks (with -r, one line each) keep array_job_id/array_task_id."""
+    entries = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(SEP, 8)
+        if len(fields) != 9:
+            continue
+        job_id, _array_job, array_job_id, array_task, state, reason, user, start, name = fields
+        task = "" if array_task in ("N/A", "") else array_task.strip("[]")
+        entries[job_id] = QueueEntry(
+            job_id=job_id,
+            name=name,
+            state=state.split()[0] if state else "",
+            reason="" if reason in ("None", "(null)") else reason,
+            user=user,
+            start=parse_timestamp(start),
+            array_job_id=array_job_id if task else "",
+            array_task_id=task,
+        )
+    return entries
+
+
+def _int_or_none(value):
+    value = (value or "").strip()
+    return int(value) if value.isdigit() else None
+
+
+def parse_sacct(text):
+    """Output of `sacct -X --parsable2 --noheader --format=SACCT_FIELDS`
+    (delimiter '|' or SEP) -> {job_id: AccountingEntry}, allocation rows only."""
+    entries = {}
+    sep = _sep_of(text)
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split(sep)
+        if len(fields) < 13:
+            continue
+        if len(fields) > 13 and sep == "|":  # a '|' inside JobName
+            extra = len(fields) - 13
+            fields = [fields[0], "|".join(fields[1:2 + extra])] + fields[2 + extra:]
+        (job_id, name, user, account, partition, state, exit_code, cpus, elapsed, cputime,
+         submit, start, end) = fields[:13]
+        if "." in job_id:  # a step row (not with -X, but be safe)
+            continue
+        code, signal = None, None
+        if ":" in exit_code:
+            a, _, b = exit_code.partition(":")
+            code, signal = _int_or_none(a), _int_or_none(b)
+        array_job_id, array_task_id = _split_array(job_id)
+        entries[job_id] = AccountingEntry(
+            job_id=job_id,
+            name=name,
+            state=state.split()[0] if state.strip() else "",
+            exit_code=code,
+            signal=signal,
+            user=user,
+            account=account,
+            partition=partition,
+            alloc_cpus=_int_or_none(cpus) or 0,
+            elapsed_seconds=_int_or_none(elapsed) or 0,
+            cpu_time_raw=_int_or_none(cputime) or 0,
+            submit=parse_timestamp(submit),
+            start=parse_timestamp(start),
+            end=parse_timestamp(end),
+            array_job_id=array_job_id,
+            array_task_id=array_task_id,
+        )
+    return entries
+
+
+def _limit(value):
+    value = (value or "").strip()
+    if not value or value.upper() in ("UNLIMITED", "NONE", "N/A", "(NULL)"):
+        return None
+    return int(value) if value.isdigit() else None
+
+
+def _memory_mb(value):
+    """'4000' / '4000M' / '4G' / 'UNLIMITED' -> MB or None."""
+    value = (value or "").strip().upper()
+    m = re.match(r"^([0-9]+)([KMGT]?)$", value)
+    if not m:
+        return None
+    n, unit = int(m.group(1)), m.group(2) or "M"
+    factor = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}[unit]
+    return int(n * factor)
+
+
+def parse_partitions(text):
+    """Output of `scontrol show partition --oneliner` -> [PartitionInfo]."""
+    result = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("PartitionName="):
+            continue
+        kv = {}
+        for token in line.split():
+            key, sep, value = token.partition("=")
+            if sep:
+                kv[key] = value
+        result.append(PartitionInfo(
+            name=kv["PartitionName"],
+            is_default=kv.get("Default", "NO").upper() == "YES",
+            state=kv.get("State", ""),
+            max_time_minutes=parse_slurm_time(kv.get("MaxTime")),
+            default_time_minutes=parse_slurm_time(kv.get("DefaultTime")),
+            max_nodes=_limit(kv.get("MaxNodes")),
+            total_nodes=_int_or_none(kv.get("TotalNodes")) or 0,
+            total_cpus=_int_or_none(kv.get("TotalCPUs")) or 0,
+            max_cpus_per_node=_limit(kv.get("MaxCPUsPerNode")),
+            max_mem_per_node_mb=_memory_mb(kv.get("MaxMemPerNode", "")),
+        ))
+    return result
+
+
+def script_with_environment(script, environment):
+    """The script with `export NAME='value'` lines inserted after the
+    shebang and the leading comment/#SBATCH block (where sbatch stops reading
+    directives)."""
+    if not environment:
+        return script
+    lines = []
+    for name, value in environment.items():
+        if not ENV_NAME.match(str(name)):
+            raise InvalidRequest(f"invalid environment variable name: {name!r}")
+        value = str(value)
+        if "\x00" in value:
+            raise InvalidRequest(f"NUL byte in the value of {name}")
+        lines.append(f"export {name}={shlex.quote(value)}\n")
+    body = script.splitlines(keepends=True)
+    at = 0
+    while at < len(body) and (not body[at].strip() or body[at].lstrip().startswith("#")):
+        at += 1
+    if at and not body[at - 1].endswith("\n"):
+        body[at - 1] += "\n"
+    return "".join(body[:at] + lines + body[at:])
+
+
+# -- the client ---------------------------------------------------------------------
+
+
+def _check_text(label, value, *, required=True):
+    value = "" if value is None else str(value)
+    if required and not value:
+        raise InvalidRequest(f"{label} is required")
+    if CONTROL.search(value):
+        raise InvalidRequest(f"{label} contains control characters (newline, tab, ...)")
+    return value
+
+
+def _check_ids(job_ids):
+    ids = [str(j) for j in job_ids]
+    for j in ids:
+        if not JOB_ID.match(j):
+            raise InvalidRequest(f"not a Slurm job id: {j!r}")
+    return ids
+
+
+class SlurmClient:
+    def __init__(self, pool, *, sudo_mode="sudo", slurm_conf="", timeout=60):
+        if sudo_mode not in ("service", "sudo"):
+            raise ValueError(f"sudo_mode must be 'service' or 'sudo', not {sudo_mode!r}")
+        self.pool = pool
+        self.sudo_mode = sudo_mode
+        self.slurm_conf = slurm_conf or ""
+        self.timeout = timeout
+
+    # -- plumbing ------------------------------------------------------------------
+
+    def _env(self, extra=None):
+        env = {}
+        if self.slurm_conf and "SLURM_CONF" not in getattr(self.pool, "env", {}):
+            env["SLURM_CONF"] = self.slurm_conf
+        env.update(extra or {})
+        return env
+
+    def _as(self, as_user, argv):
+        if self.sudo_mode != "sudo":
+            return argv
+        if as_user is None or not POSIX_USER.match(str(as_user)) or as_user == "root":
+            raise InvalidRequest(f"not a valid user to run as: {as_user!r}")
+        return ["sudo", "-n", "-u", as_user] + argv
+
+    def _run(self, argv, *, stdin=None, env=None, ok=(0,)):
+        result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
+        if result.exit_status not in ok:
+            raise CommandFailed(
+                f"{argv[0] if argv[0] != 'sudo' else argv[4]} failed with exit status {result.exit_status}"
+                f" on {result.node}",
+                stderr=result.stderr, command=argv, exit_status=result.exit_status,
+            )
+        return result
+
+    # -- operations ----------------------------------------------------------------
+
+    def sbatch_argv(self, req: SubmitRequest):
+        """The sbatch argv for a request (validated; nothing here is ever
+        interpreted by a shell)."""
+        argv = [
+            "sbatch", "--parsable",
+            f"--job-name={_check_text('job name', req.job_name)}",
+            f"--chdir={_check_text('work directory', req.workdir)}",
+            f"--output={_check_text('output path', req.output)}",
+            f"--error={_check_text('error path', req.error)}",
+        ]
+        if req.account:
+            if not SLURM_NAME.match(req.account):
+                raise InvalidRequest(f"not a valid Slurm account: {req.account!r}")
+            argv.append(f"--account={req.account}")
+        if req.partition:
+            if not SLURM_NAME.match(req.partition):
+                raise InvalidRequest(f"not a valid partition name: {req.partition!r}")
+            argv.append(f"--partition={req.partition}")
+        for label, value, minimum in (("nodes", req.nodes, 1), ("cpus", req.cpus, 1), ("gpus", req.gpus, 0)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise InvalidRequest(f"{label} must be an integer >= {minimum}")
+        argv += [f"--nodes={req.nodes}", f"--cpus-per-task={req.cpus}"]
+        if req.memory_mb is not None:
+            if not isinstance(req.memory_mb, int) or req.memory_mb < 1:
+                raise InvalidRequest("memory_mb must be a positive integer")
+            argv.append(f"--mem={req.memory_mb}M")
+        if req.time_limit_minutes is not None:
+            if not isinstance(req.time_limit_minutes, int) or req.time_limit_minutes < 1:
+                raise InvalidRequest("time_limit_minutes must be a positive integer")
+            argv.append(f"--time={req.time_limit_minutes}")
+        if req.gpus:
+            argv.append(f"--gres=gpu:{req.gpus}")
+        if req.array:
+            if not ARRAY_SPEC.match(req.array):
+                raise InvalidRequest(f"not a valid array specification: {req.array!r}")
+            argv.append(f"--array={req.array}")
+        if req.hold:
+            argv.append("--hold")
+        return argv
+
+    def submit(self, req: SubmitRequest, *, as_user=None):
+        """Submit; returns the job id. The script (with the environment as
+        export lines) goes on stdin."""
+        argv = self._as(as_user, self.sbatch_argv(req))
+        script = script_with_environment(req.script, req.environment)
+        result = self._run(argv, stdin=script)
+        job_id = result.stdout.strip().split(";")[0]
+        if not job_id.isdigit():
+            raise CommandFailed(f"sbatch printed no job id: {result.stdout.strip()!r}",
+                                stderr=result.stderr, command=argv, exit_status=result.exit_status)
+        return job_id
+
+    def ensure_dir(self, path, mode="1777"):
+        """mkdir -p PATH as the service user, and chmod it (1777 by default,
+        so users' jobs can write there in sudo mode) if the service user owns
+        it. The path is a positional parameter of a fixed script, never code."""
+        path = _check_text("directory", path)
+        if not re.match(r"^[0-7]{3,4}$", mode):
+            raise InvalidRequest(f"not a file mode: {mode!r}")
+        self._run(["sh", "-c", 'mkdir -p -- "$1" && { [ ! -O "$1" ] || chmod "$2" -- "$1"; }', "sh", path, mode])
+
+    def find_jobs_by_name(self, names, *, since="now-7days"):
+        """{name: [job ids]} of jobs with these names (any user), pending,
+        running or finished since `since`: one squeue and one sacct call.
+        Array jobs are reported by their array job id."""
+        names = [_check_text("job name", n) for n in names]
+        if not names:
+            return {}
+        for n in names:
+            if "," in n:
+                raise InvalidRequest(f"job names looked up by name cannot contain ',': {n!r}")
+        wanted = set(names)
+        found = {n: [] for n in names}
+
+        def add(name, job_id):
+            base = job_id.split("_")[0]
+            if name in wanted and base.isdigit() and base not in found[name]:
+                found[name].append(base)
+
+        joined = ",".join(names)
+        res = self._run(["squeue", "-h", "-a", "-r", "-t", "all", f"--name={joined}", "-o", SQUEUE_FORMAT],
+                        env=QUERY_ENV)
+        for entry in parse_squeue(res.stdout).values():
+            add(entry.name, entry.array_job_id or entry.job_id)
+        res = self._run(["sacct", "-a", "-X", "--parsable2", "--noheader", f"--delimiter={SEP}",
+                         f"--name={joined}", "-S", since, "-E", "now", "-s", ALL_STATES,
+                         f"--format={SACCT_FIELDS}"], env=QUERY_ENV)
+        for entry in parse_sacct(res.stdout).values():
+            add(entry.name, entry.job_id)
+        for ids in found.values():
+            ids.sort(key=int)
+        return found
+
+    def queue(self, job_ids):
+        """{job_id: QueueEntry} for those of `job_ids` still known to
+        slurmctld (ONE squeue call, all states: a finished job stays listed
+        as COMPLETED/FAILED/CANCELLED/TIMEOUT for MinJobAge, then vanishes;
+        its exit code is only in `accounting`). Array jobs come back as one
+        entry per task, keyed 'ARRAYID_TASK' with array_job_id/array_task_id
+        set (pending tasks are expanded with -r)."""
+        ids = _check_ids(job_ids)
+        if not ids:
+            return {}
+        res = self._run(["squeue", "-h", "-a", "-r", "-t", "all", "-j", ",".join(ids), "-o", SQUEUE_FORMAT],
+                        env=QUERY_ENV, ok=(0, 1))
+        if res.exit_status != 0:
+            if "Invalid job id" in res.stderr:  # every id has left slurmctld
+                return {}
+            raise CommandFailed(f"squeue failed with exit status {res.exit_status} on {res.node}",
+                                stderr=res.stderr, command="squeue", exit_status=res.exit_status)
+        return parse_squeue(res.stdout)
+
+    def accounting(self, job_ids):
+        """{job_id: AccountingEntry} from slurmdbd (ONE sacct call); array
+        jobs give one row per task ('123_4') or per pending range ('123_[5-9]')."""
+        ids = _check_ids(job_ids)
+        if not ids:
+            return {}
+        res = self._run(["sacct", "-a", "-X", "--parsable2", "--noheader", f"--delimiter={SEP}",
+                         "-j", ",".join(ids), f"--format={SACCT_FIELDS}"], env=QUERY_ENV)
+        return parse_sacct(res.stdout)
+
+    def cancel(self, job_id, *, as_user=None):
+        (job_id,) = _check_ids([job_id])
+        self._run(self._as(as_user, ["scancel", job_id]))
+
+    def partitions(self):
+        res = self._run(["scontrol", "show", "partition", "--oneliner"])
+        return parse_partitions(res.stdout)
+
+    def read(self, path, offset=0, max_bytes=1 << 20):
+        """Bytes of a remote file over SFTP (RemoteFileMissing if absent)."""
+        path = _check_text("path", path)
+        if offset < 0 or max_bytes < 0:
+            raise InvalidRequest("offset and max_bytes must be >= 0")
+        return self.pool.sftp_read(path, offset, max_bytes)
+
+    def tail(self, path, max_bytes=64 * 1024):
+        """The last max_bytes of a remote file over SFTP."""
+        path = _check_text("path", path)
+        if max_bytes <= 0:
+            return b""
+        return self.pool.sftp_read(path, -max_bytes, max_bytes)
+
+
+__all__ = [
+    "SlurmClient", "parse_squeue", "parse_sacct", "parse_partitions", "parse_slurm_time", "parse_timestamp",
+    "script_with_environment", "BackendError",
+]

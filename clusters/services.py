@@ -1,0 +1,146 @@
+"""Cluster-side rules: which client talks to a cluster, partition sync,
+POSIX names, bwVisu-style JSON import/export."""
+import logging
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.utils import timezone
+
+from .backends.slurm import SlurmClient
+from .backends.ssh import SSHPool, pool_for
+from .models import CommandNode, Partition, PosixAccount, SlurmCluster
+
+log = logging.getLogger(__name__)
+
+
+def slurm_client(cluster):
+    """The (pooled, per-process) client of a cluster. The pool is keyed by
+    the cluster's connection settings, so an edit in the admin takes effect."""
+    nodes = [(n.host, n.port) for n in cluster.command_nodes.filter(enabled=True)]
+    if not nodes:
+        raise ValidationError(f"Cluster {cluster.name} has no enabled command node.")
+    key = ("slurm", cluster.pk, tuple(nodes), cluster.ssh_user, hash(cluster.ssh_private_key),
+           hash(cluster.known_hosts), cluster.slurm_conf)
+    env = {"SLURM_CONF": cluster.slurm_conf} if cluster.slurm_conf else None
+    pool = pool_for(key, lambda: SSHPool(
+        nodes=nodes, username=cluster.ssh_user, private_key_text=cluster.ssh_private_key,
+        known_hosts_text=cluster.known_hosts, env=env,
+    ))
+    return SlurmClient(pool, sudo_mode=cluster.sudo_mode, slurm_conf=cluster.slurm_conf)
+
+
+def posix_username(*, user, cluster):
+    """The user's POSIX name on `cluster`, or a ValidationError telling them
+    to ask staff for one."""
+    account = PosixAccount.objects.filter(user=user, cluster=cluster).first()
+    if account is None:
+        raise ValidationError(
+            {"cluster": f"You have no user name on {cluster.name} yet: ask the staff to set one up."}
+        )
+    return account.username
+
+
+def user_workdir(*, cluster, username):
+    return f"{cluster.work_prefix.rstrip('/')}/{username}"
+
+
+@transaction.atomic
+def partitions_sync(*, cluster):
+    """Pull partitions and their limits from the cluster; drop vanished ones."""
+    infos = slurm_client(cluster).partitions()
+    seen = []
+    for info in infos:
+        Partition.objects.update_or_create(
+            cluster=cluster, name=info.name,
+            defaults={
+                "is_default": info.is_default, "state": info.state,
+                "max_time_minutes": info.max_time_minutes, "default_time_minutes": info.default_time_minutes,
+                "max_nodes": info.max_nodes, "total_nodes": info.total_nodes, "total_cpus": info.total_cpus,
+                "max_cpus_per_node": info.max_cpus_per_node, "max_mem_per_node_mb": info.max_mem_per_node_mb,
+            },
+        )
+        seen.append(info.name)
+    cluster.partitions.exclude(name__in=seen).delete()
+    cluster.last_sync = timezone.now()
+    cluster.save(update_fields=["last_sync"])
+    return cluster.partitions.all()
+
+
+def node_report(*, cluster, host, port, error=None):
+    """Record which command node answered or failed (shown in the admin)."""
+    fields = {"last_error": str(error), "last_error_at": timezone.now()} if error else {"last_ok_at": timezone.now()}
+    CommandNode.objects.filter(cluster=cluster, host=host, port=port).update(**fields)
+
+
+# --- bwVisu JSON ---------------------------------------------------------------
+
+
+def _host_port(entry, default_port=22):
+    if isinstance(entry, str):
+        host, _, port = entry.partition(":")
+        return host, int(port or default_port)
+    return entry["host"], int(entry.get("port", default_port))
+
+
+@transaction.atomic
+def cluster_import(*, data, ssh_private_key="", known_hosts=""):
+    """Create or update clusters from a bwVisu-style document:
+    {"clusters": [{"name", "command-nodes": ["host:port" | {"host","port"}],
+      "gateway-nodes": [...], "home-prefix", "port-range", "ssh-user", "sudo-mode", "slurm-conf"}]}
+    (a single cluster object is accepted too). Keys are given separately:
+    secrets do not belong in a shared JSON file."""
+    items = data.get("clusters", [data]) if isinstance(data, dict) else data
+    clusters = []
+    for item in items:
+        try:
+            name = item["name"]
+            nodes = [_host_port(n) for n in item["command-nodes"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValidationError(f"Invalid cluster entry {item!r}: {exc}") from exc
+        cluster, created = SlurmCluster.objects.get_or_create(
+            name=name,
+            defaults={"ssh_user": item.get("ssh-user", "nephele"), "ssh_private_key": ssh_private_key,
+                      "known_hosts": known_hosts},
+        )
+        cluster.ssh_user = item.get("ssh-user", cluster.ssh_user)
+        cluster.sudo_mode = item.get("sudo-mode", cluster.sudo_mode)
+        cluster.work_prefix = item.get("home-prefix", cluster.work_prefix)
+        cluster.slurm_conf = item.get("slurm-conf", cluster.slurm_conf)
+        cluster.gateway_nodes = item.get("gateway-nodes", cluster.gateway_nodes)
+        cluster.port_range = item.get("port-range", cluster.port_range)
+        cluster.description = item.get("description", cluster.description)
+        if ssh_private_key:
+            cluster.ssh_private_key = ssh_private_key
+        if known_hosts:
+            cluster.known_hosts = known_hosts
+        cluster.full_clean()
+        cluster.save()
+        for node in cluster.command_nodes.all():
+            if (node.host, node.port) not in nodes:
+                node.delete()
+        for position, (host, port) in enumerate(nodes):
+            CommandNode.objects.update_or_create(
+                cluster=cluster, host=host, port=port, defaults={"position": position}
+            )
+        clusters.append(cluster)
+    return clusters
+
+
+def cluster_export(*, clusters):
+    """The bwVisu-style document for `clusters` (without secrets)."""
+    return {
+        "clusters": [
+            {
+                "name": c.name,
+                "description": c.description,
+                "command-nodes": [f"{n.host}:{n.port}" for n in c.command_nodes.all()],
+                "gateway-nodes": c.gateway_nodes,
+                "home-prefix": c.work_prefix,
+                "port-range": c.port_range,
+                "ssh-user": c.ssh_user,
+                "sudo-mode": c.sudo_mode,
+                "slurm-conf": c.slurm_conf,
+            }
+            for c in clusters
+        ]
+    }

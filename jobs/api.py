@@ -1,0 +1,102 @@
+"""Jobs API. Order in every action: tenant lookup (404), permission (403),
+state (409), input (400), act."""
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.http import HttpResponse
+from django_filters import rest_framework as filters
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+
+from clusters.backends.base import BackendError
+
+from . import selectors, services
+from .models import Job, State
+from .serializers import JobCreateSerializer, JobSerializer, JobTemplateSerializer
+
+
+class JobFilter(filters.FilterSet):
+    project = filters.CharFilter(field_name="project__slug")
+    cluster = filters.CharFilter(field_name="cluster__name")
+    state = filters.MultipleChoiceFilter(choices=State.choices)
+
+    class Meta:
+        model = Job
+        fields = ["project", "cluster", "state"]
+
+
+def _conflict(message):
+    return Response({"detail": message}, status=status.HTTP_409_CONFLICT)
+
+
+def _unavailable(exc):
+    return Response({"detail": f"The cluster did not answer: {exc}"}, status=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    serializer_class = JobSerializer
+    filterset_class = JobFilter
+    search_fields = ["name", "scheduler_id"]
+    ordering_fields = ["created", "name", "state", "submitted_at", "ended_at"]
+    ordering = ["-created"]
+
+    def get_queryset(self):
+        return selectors.jobs_visible_to(self.request.user)
+
+    @extend_schema(request=JobCreateSerializer, responses={201: JobSerializer})
+    def create(self, request, *args, **kwargs):
+        incoming = JobCreateSerializer(data=request.data, context={"request": request})
+        incoming.is_valid(raise_exception=True)
+        data = dict(incoming.validated_data)
+        job = services.job_create(
+            owner=request.user, project=data.pop("project"), cluster=data.pop("cluster"), **data
+        )
+        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = self.get_object()
+        if not selectors.can_cancel(request.user, job):
+            raise PermissionDenied("Only the job's owner or a project manager can cancel it.")
+        try:
+            job = services.job_cancel(job=job, actor=request.user)
+        except DjangoValidationError as exc:
+            return _conflict(" ".join(exc.messages))
+        except BackendError as exc:
+            return _unavailable(exc)
+        return Response(JobSerializer(job).data)
+
+    @extend_schema(request=None, responses={201: JobSerializer})
+    @action(detail=True, methods=["post"])
+    def clone(self, request, pk=None):
+        job = services.job_clone(job=self.get_object(), owner=request.user)
+        return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        parameters=[OpenApiParameter("stream", enum=["stdout", "stderr"], default="stdout"),
+                    OpenApiParameter("max_bytes", int, default=65536)],
+        responses={(200, "text/plain"): str},
+    )
+    @action(detail=True, methods=["get"])
+    def output(self, request, pk=None):
+        job = self.get_object()
+        try:
+            max_bytes = min(max(int(request.query_params.get("max_bytes", 65536)), 1), 10 * 1024 * 1024)
+        except ValueError:
+            return Response({"max_bytes": ["A whole number."]}, status=status.HTTP_400_BAD_REQUEST)
+        try:
+            data = services.job_output(job=job, stream=request.query_params.get("stream", "stdout"),
+                                       max_bytes=max_bytes)
+        except BackendError as exc:
+            return _unavailable(exc)
+        return HttpResponse(data, content_type="text/plain; charset=utf-8")
+
+
+class JobTemplateViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = JobTemplateSerializer
+    search_fields = ["name", "description"]
+
+    def get_queryset(self):
+        return services.templates_visible_to(self.request.user)
