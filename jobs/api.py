@@ -52,6 +52,7 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         job = services.job_create(
             owner=request.user, project=data.pop("project"), cluster=data.pop("cluster"), **data
         )
+        job.refresh_from_db()  # an eager submission has already moved it on
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: JobSerializer})
@@ -72,6 +73,7 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def clone(self, request, pk=None):
         job = services.job_clone(job=self.get_object(), owner=request.user)
+        job.refresh_from_db()
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(

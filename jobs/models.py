@@ -4,6 +4,7 @@ A Job's `state` moves only through the named transitions of `Job.machine`
 (see portal.states); jobs.services decides when.
 """
 import math
+import uuid
 
 from django.conf import settings
 from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
@@ -56,7 +57,7 @@ JOB_MACHINE = StateMachine(
 )
 
 array_spec = RegexValidator(
-    r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$", "An array spec like 0-9, 1,3,5 or 0-99%10."
+    r"^\d+(-\d+)?(:\d+)?(,\d+(-\d+)?(:\d+)?)*(%\d+)?$", "An array spec like 0-9, 1,3,5 or 0-99%%10 (at most 10 at a time)."
 )
 
 
@@ -115,6 +116,7 @@ class JobTemplate(models.Model):
 class Job(StatefulMixin, models.Model):
     machine = JOB_MACHINE
 
+    uid = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
     project = models.ForeignKey("projects.Project", on_delete=models.PROTECT, related_name="jobs")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="jobs")
     cluster = models.ForeignKey("clusters.SlurmCluster", on_delete=models.PROTECT, related_name="jobs")
@@ -166,9 +168,10 @@ class Job(StatefulMixin, models.Model):
 
     @property
     def slurm_name(self):
-        """The name given to Slurm: carries the portal id, so a retried
-        submission can find a job it already made."""
-        return f"nephele-{self.pk}"
+        """The name given to Slurm: carries the portal id and a random part
+        (ids repeat across databases sharing a cluster), so a retried
+        submission can find the job it already made, and only that one."""
+        return f"nephele-{self.pk}-{self.uid.hex[:12]}"
 
     @property
     def task_count(self):

@@ -379,6 +379,10 @@ def _save_fields(job, fields):
 
 def _apply_accounting(job, rows):
     state, counts = _aggregate(rows)
+    if job.array and len(rows) < job.task_count:
+        # sacct lists an array's task rows one by one: wait for all of them.
+        _save_fields(job, {"array_tasks": counts})
+        return
     if state not in FINAL_SLURM:
         _apply(job, state, counts=counts if job.array else {})
         return
