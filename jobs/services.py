@@ -179,7 +179,7 @@ def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes
         time_limit_minutes=time_limit_minutes, gpus=gpus, array=array or "", environment=environment,
         posix_user=posix_user, account=cluster.account_for(project),
     )
-    job.full_clean(exclude=["project", "owner", "cluster", "template"])
+    job.full_clean(exclude=["project", "owner", "cluster", "template"], validate_unique=False)
     return job
 
 
@@ -192,14 +192,14 @@ def job_create(*, owner, project, cluster, **fields):
     estimate = job.estimated_core_hours
     project_services.quota_reserve(project=project, user=owner, resource=Resource.CORE_HOURS, amount=estimate)
     job.reserved_core_hours = estimate
-    job.state = State.DRAFT
+    job.state = State.QUEUED  # created ready for the worker: its first state, not a change
+    job.state_changed = timezone.now()
+    job.workdir = cluster_services.user_workdir(cluster=cluster, username=job.posix_user)
     job.save()
-    workdir = cluster_services.user_workdir(cluster=cluster, username=job.posix_user)
-    job.workdir = workdir
-    job.output_path = f"{workdir}/{job.slurm_name}.out"
-    job.error_path = f"{workdir}/{job.slurm_name}.err"
-    job.save(update_fields=["workdir", "output_path", "error_path"])
-    job.transition("enqueue")
+    # File names carry the Slurm job name, which needs the primary key.
+    job.output_path = f"{job.workdir}/{job.slurm_name}.out"
+    job.error_path = f"{job.workdir}/{job.slurm_name}.err"
+    Job.objects.filter(pk=job.pk).update(output_path=job.output_path, error_path=job.error_path)
     transaction.on_commit(lambda: tasks.submit_job.delay(job.pk))
     return job
 
