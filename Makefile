@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test testbed-down venv migrate demo clean
+.PHONY: run test testbed-down venv migrate demo clean bench-submit
 
 $(BIN)/python:
 	scripts/ensure-python $(PYTHON) $(VENV)
@@ -36,3 +36,8 @@ testbed-down:
 
 clean:
 	rm -rf $(VENV) var
+
+# Submission throughput: raw sbatch on the node vs the portal end to end.
+bench-submit: venv
+	scripts/testbed up
+	. .testbed/env && $(BIN)/python bench/submit_throughput.py $(BENCH_ARGS)
