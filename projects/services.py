@@ -281,6 +281,17 @@ def _locked(project, resource, user):
     return quota, share
 
 
+def _move(quota, share, *, reserved=0, used=0):
+    """Shift the locked counters (never below zero) and write them with plain
+    UPDATEs: usage moves with every request, the audit trail is about limits."""
+    for obj in (quota, share):
+        obj.reserved = max(obj.reserved + reserved, 0)
+        obj.used = max(obj.used + used, 0)
+    Quota.objects.filter(pk=quota.pk).update(reserved=quota.reserved, used=quota.used, updated=timezone.now())
+    MemberUsage.objects.filter(pk=share.pk).update(reserved=share.reserved, used=share.used)
+    return quota
+
+
 @transaction.atomic
 def quota_reserve(*, project, user, resource, amount):
     """Claim `amount` of `resource` for `user` in `project`, or raise
@@ -293,11 +304,7 @@ def quota_reserve(*, project, user, resource, amount):
         raise QuotaExceeded(
             quota=quota, requested=amount, scope="member", current=share.consumed, limit=quota.per_member_limit
         )
-    quota.reserved += amount
-    share.reserved += amount
-    quota.save(update_fields=["reserved", "updated"])
-    share.save(update_fields=["reserved"])
-    return quota
+    return _move(quota, share, reserved=amount)
 
 
 @transaction.atomic
@@ -305,13 +312,7 @@ def quota_commit(*, project, user, resource, amount):
     """A reservation was confirmed by the backend: it becomes usage."""
     _check_amount(amount)
     quota, share = _locked(project, resource, user)
-    quota.reserved = max(quota.reserved - amount, 0)
-    share.reserved = max(share.reserved - amount, 0)
-    quota.used += amount
-    share.used += amount
-    quota.save(update_fields=["reserved", "used", "updated"])
-    share.save(update_fields=["reserved", "used"])
-    return quota
+    return _move(quota, share, reserved=-amount, used=amount)
 
 
 @transaction.atomic
@@ -320,12 +321,7 @@ def quota_release(*, project, user, resource, amount, reserved=True):
     or usage that ended, e.g. a deleted server (reserved=False)."""
     _check_amount(amount)
     quota, share = _locked(project, resource, user)
-    field = "reserved" if reserved else "used"
-    setattr(quota, field, max(getattr(quota, field) - amount, 0))
-    setattr(share, field, max(getattr(share, field) - amount, 0))
-    quota.save(update_fields=[field, "updated"])
-    share.save(update_fields=[field])
-    return quota
+    return _move(quota, share, **{"reserved" if reserved else "used": -amount})
 
 
 @transaction.atomic
@@ -335,13 +331,7 @@ def quota_settle(*, project, user, resource, reserved, actual):
     _check_amount(reserved)
     _check_amount(actual)
     quota, share = _locked(project, resource, user)
-    quota.reserved = max(quota.reserved - reserved, 0)
-    share.reserved = max(share.reserved - reserved, 0)
-    quota.used += actual
-    share.used += actual
-    quota.save(update_fields=["reserved", "used", "updated"])
-    share.save(update_fields=["reserved", "used"])
-    return quota
+    return _move(quota, share, reserved=-reserved, used=actual)
 
 
 # --- Claims ----------------------------------------------------------------------

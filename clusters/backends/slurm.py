@@ -29,7 +29,9 @@ from datetime import datetime, timezone
 from .base import (
     AccountingEntry,
     BackendError,
+    BackendUnavailable,
     CommandFailed,
+    HostKeyMismatch,
     InvalidRequest,
     PartitionInfo,
     QueueEntry,
@@ -299,7 +301,17 @@ class SlurmClient:
         return ["sudo", "-n", "-u", as_user] + argv
 
     def _run(self, argv, *, stdin=None, env=None, ok=(0,)):
-        result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
+        """Run a command. Everything but sbatch is safe to run twice, so a
+        connection lost mid-command is retried once (on the next node if
+        this one is gone); sbatch is not: the caller looks the job up first."""
+        try:
+            result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
+        except HostKeyMismatch:
+            raise
+        except BackendUnavailable:
+            if "sbatch" in argv:
+                raise
+            result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
         if result.exit_status not in ok:
             raise CommandFailed(
                 f"{argv[0] if argv[0] != 'sudo' else argv[4]} failed with exit status {result.exit_status}"
