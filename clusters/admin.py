@@ -1,5 +1,6 @@
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 
 from . import services
 from .backends.base import BackendError
@@ -95,6 +96,8 @@ class SlurmClusterAdmin(admin.ModelAdmin):
                 result = job_services.jobs_sync(cluster=cluster)
             except BackendError as exc:
                 self.message_user(request, f"{cluster}: {exc}", messages.ERROR)
+            except ValidationError as exc:  # e.g. no enabled command node
+                self.message_user(request, f"{cluster}: {' '.join(exc.messages)}", messages.ERROR)
             else:
                 self.message_user(request, f"{cluster}: {result['checked']} active job(s) checked.")
 

@@ -1,11 +1,13 @@
 """Cluster-side rules: which client talks to a cluster, partition sync,
 POSIX names, bwVisu-style JSON import/export."""
 import logging
+import time
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
+from .backends.base import BackendUnavailable
 from .backends.slurm import SlurmClient
 from .backends.ssh import SSHPool, pool_for
 from .models import CommandNode, Partition, PosixAccount, SlurmCluster
@@ -18,13 +20,14 @@ def slurm_client(cluster):
     the cluster's connection settings, so an edit in the admin takes effect."""
     nodes = [(n.host, n.port) for n in cluster.command_nodes.filter(enabled=True)]
     if not nodes:
-        raise ValidationError(f"Cluster {cluster.name} has no enabled command node.")
+        # Like every node being down: submissions retry, then fail clearly.
+        raise BackendUnavailable(f"Cluster {cluster.name} has no enabled command node.")
     key = ("slurm", cluster.pk, tuple(nodes), cluster.ssh_user, hash(cluster.ssh_private_key),
            hash(cluster.known_hosts), cluster.slurm_conf)
     env = {"SLURM_CONF": cluster.slurm_conf} if cluster.slurm_conf else None
     pool = pool_for(key, lambda: SSHPool(
         nodes=nodes, username=cluster.ssh_user, private_key_text=cluster.ssh_private_key,
-        known_hosts_text=cluster.known_hosts, env=env,
+        known_hosts_text=cluster.known_hosts, env=env, on_node_status=_node_reporter(cluster.pk),
     ))
     return SlurmClient(pool, sudo_mode=cluster.sudo_mode, slurm_conf=cluster.slurm_conf)
 
@@ -44,25 +47,26 @@ def user_workdir(*, cluster, username):
     return f"{cluster.work_prefix.rstrip('/')}/{username}"
 
 
-@transaction.atomic
 def partitions_sync(*, cluster):
-    """Pull partitions and their limits from the cluster; drop vanished ones."""
+    """Pull partitions and their limits from the cluster; drop vanished ones.
+    (SSH outside the transaction, so a failed node's error is kept.)"""
     infos = slurm_client(cluster).partitions()
     seen = []
-    for info in infos:
-        Partition.objects.update_or_create(
-            cluster=cluster, name=info.name,
-            defaults={
-                "is_default": info.is_default, "state": info.state,
-                "max_time_minutes": info.max_time_minutes, "default_time_minutes": info.default_time_minutes,
-                "max_nodes": info.max_nodes, "total_nodes": info.total_nodes, "total_cpus": info.total_cpus,
-                "max_cpus_per_node": info.max_cpus_per_node, "max_mem_per_node_mb": info.max_mem_per_node_mb,
-            },
-        )
-        seen.append(info.name)
-    cluster.partitions.exclude(name__in=seen).delete()
-    cluster.last_sync = timezone.now()
-    cluster.save(update_fields=["last_sync"])
+    with transaction.atomic():
+        for info in infos:
+            Partition.objects.update_or_create(
+                cluster=cluster, name=info.name,
+                defaults={
+                    "is_default": info.is_default, "state": info.state,
+                    "max_time_minutes": info.max_time_minutes, "default_time_minutes": info.default_time_minutes,
+                    "max_nodes": info.max_nodes, "total_nodes": info.total_nodes, "total_cpus": info.total_cpus,
+                    "max_cpus_per_node": info.max_cpus_per_node, "max_mem_per_node_mb": info.max_mem_per_node_mb,
+                },
+            )
+            seen.append(info.name)
+        cluster.partitions.exclude(name__in=seen).delete()
+        cluster.last_sync = timezone.now()
+        cluster.save(update_fields=["last_sync"])
     return cluster.partitions.all()
 
 
@@ -72,14 +76,47 @@ def node_report(*, cluster, host, port, error=None):
     CommandNode.objects.filter(cluster=cluster, host=host, port=port).update(**fields)
 
 
+NODE_OK_EVERY = 60  # seconds between `last_ok_at` updates of a node that keeps answering
+
+
+def _node_reporter(cluster_id):
+    """The pool's on_node_status callback: every failure is recorded; a
+    success only after a failure or NODE_OK_EVERY seconds (not per command)."""
+    last_ok = {}
+
+    def report(node, error):
+        host, port = node
+        now = time.monotonic()
+        if error is None:
+            if now - last_ok.get(node, -NODE_OK_EVERY) < NODE_OK_EVERY:
+                return
+            last_ok[node] = now
+        else:
+            last_ok.pop(node, None)
+        node_report(cluster=cluster_id, host=host, port=port, error=error)
+
+    return report
+
+
 # --- bwVisu JSON ---------------------------------------------------------------
 
 
 def _host_port(entry, default_port=22):
+    """"host", "host:port", {"host", "port"} or bwVisu's {"ip", "user", "port"}."""
     if isinstance(entry, str):
         host, _, port = entry.partition(":")
-        return host, int(port or default_port)
-    return entry["host"], int(entry.get("port", default_port))
+    else:
+        host, port = entry.get("host") or entry.get("ip"), entry.get("port")
+    if not host:
+        raise ValueError(f"command node {entry!r} has no host")
+    return host, int(port or default_port)
+
+
+def _port_range(value):
+    """"50000-60000", or bwVisu's {"min": 50000, "max": 60000}."""
+    if isinstance(value, dict):
+        return f"{int(value['min'])}-{int(value['max'])}"
+    return value
 
 
 @transaction.atomic
@@ -87,15 +124,24 @@ def cluster_import(*, data, ssh_private_key="", known_hosts=""):
     """Create or update clusters from a bwVisu-style document:
     {"clusters": [{"name", "command-nodes": ["host:port" | {"host","port"}],
       "gateway-nodes": [...], "home-prefix", "port-range", "ssh-user", "sudo-mode", "slurm-conf"}]}
-    (a single cluster object is accepted too). Keys are given separately:
-    secrets do not belong in a shared JSON file."""
+    (a single cluster object or a list is accepted too, and the middleware's
+    own spellings: {"ip", "port"} nodes, "bwvisu-home-prefix", a {"min", "max"}
+    port range). Keys are given separately: secrets do not belong in a shared
+    JSON file. All or nothing: any invalid entry changes nothing."""
     items = data.get("clusters", [data]) if isinstance(data, dict) else data
+    if not isinstance(items, list):
+        raise ValidationError('Invalid document: expected a cluster object, {"clusters": [...]} or a list.')
     clusters = []
     for item in items:
         try:
             name = item["name"]
             nodes = [_host_port(n) for n in item["command-nodes"]]
-        except (KeyError, TypeError, ValueError) as exc:
+            if not nodes:
+                raise ValueError("'command-nodes' is empty")
+            port_range = _port_range(item.get("port-range"))
+        except KeyError as exc:
+            raise ValidationError(f"Invalid cluster entry {item!r}: missing {exc}") from exc
+        except (AttributeError, TypeError, ValueError) as exc:
             raise ValidationError(f"Invalid cluster entry {item!r}: {exc}") from exc
         cluster, created = SlurmCluster.objects.get_or_create(
             name=name,
@@ -104,16 +150,20 @@ def cluster_import(*, data, ssh_private_key="", known_hosts=""):
         )
         cluster.ssh_user = item.get("ssh-user", cluster.ssh_user)
         cluster.sudo_mode = item.get("sudo-mode", cluster.sudo_mode)
-        cluster.work_prefix = item.get("home-prefix", cluster.work_prefix)
+        cluster.work_prefix = item.get("home-prefix", item.get("bwvisu-home-prefix", cluster.work_prefix))
         cluster.slurm_conf = item.get("slurm-conf", cluster.slurm_conf)
         cluster.gateway_nodes = item.get("gateway-nodes", cluster.gateway_nodes)
-        cluster.port_range = item.get("port-range", cluster.port_range)
+        cluster.port_range = cluster.port_range if port_range is None else port_range
         cluster.description = item.get("description", cluster.description)
         if ssh_private_key:
             cluster.ssh_private_key = ssh_private_key
         if known_hosts:
             cluster.known_hosts = known_hosts
-        cluster.full_clean()
+        try:
+            cluster.full_clean()
+        except ValidationError as exc:
+            raise ValidationError(f"Cluster {name}: " + "; ".join(
+                f"{field}: {' '.join(errors)}" for field, errors in exc.message_dict.items())) from exc
         cluster.save()
         for node in cluster.command_nodes.all():
             if (node.host, node.port) not in nodes:

@@ -88,11 +88,15 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             max_bytes = min(max(int(request.query_params.get("max_bytes", 65536)), 1), 10 * 1024 * 1024)
         except ValueError:
             return Response({"max_bytes": ["A whole number."]}, status=status.HTTP_400_BAD_REQUEST)
+        stream = request.query_params.get("stream", "stdout")
+        if stream not in ("stdout", "stderr"):
+            return Response({"stream": ["Choose stdout or stderr."]}, status=status.HTTP_400_BAD_REQUEST)
         try:
-            data = services.job_output(job=job, stream=request.query_params.get("stream", "stdout"),
-                                       max_bytes=max_bytes)
+            data = services.job_output(job=job, stream=stream, max_bytes=max_bytes)
         except BackendError as exc:
             return _unavailable(exc)
+        except DjangoValidationError as exc:  # e.g. the cluster has no enabled command node
+            return _unavailable(" ".join(exc.messages))
         return HttpResponse(data, content_type="text/plain; charset=utf-8")
 
 

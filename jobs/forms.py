@@ -21,7 +21,8 @@ class JobComposeForm(BootstrapMixin, forms.Form):
     nodes = forms.IntegerField(min_value=1, max_value=1024, initial=1)
     cpus = forms.IntegerField(label="CPUs per task", min_value=1, max_value=4096, initial=1)
     memory_mb = forms.IntegerField(label="Memory (MB per node)", min_value=1, required=False)
-    time_limit_minutes = forms.IntegerField(label="Time limit (minutes)", min_value=1, max_value=525600, initial=60)
+    time_limit_minutes = forms.IntegerField(label="Time limit (minutes)", min_value=1, max_value=525600,
+                                            required=False, help_text="Empty: the partition's default.")
     gpus = forms.IntegerField(label="GPUs", min_value=0, max_value=64, initial=0)
     array = forms.CharField(required=False, max_length=100, validators=[array_spec],
                             help_text="Job array, e.g. 0-9 or 1,3,5%2. Empty: a single job.")

@@ -101,7 +101,26 @@ def _parameter_value(spec, raw):
     return value
 
 
+DEFAULT_TIME_LIMIT = 60
+
+
+def _default_time(partition):
+    if partition is None:
+        return DEFAULT_TIME_LIMIT
+    return partition.default_time_minutes or min(DEFAULT_TIME_LIMIT, partition.max_time_minutes or DEFAULT_TIME_LIMIT)
+
+
+def default_time_limit(cluster, partition_name=""):
+    """The time limit a job gets when it names none (for estimates)."""
+    partitions = cluster.partitions.all()
+    partition = next((p for p in partitions if p.name == partition_name), None) if partition_name else next(
+        (p for p in partitions if p.is_default), None)
+    return _default_time(partition)
+
+
 def _check_partition(cluster, name, *, nodes, cpus, memory_mb, time_limit_minutes):
+    """The partition to use (its name) and the time limit: the one asked for,
+    else the partition's default, else an hour capped at its maximum."""
     partitions = {p.name: p for p in cluster.partitions.all()}
     if not name:
         default = next((p for p in partitions.values() if p.is_default), None)
@@ -112,7 +131,8 @@ def _check_partition(cluster, name, *, nodes, cpus, memory_mb, time_limit_minute
             raise ValidationError({"partition": f"{cluster.name} has no partition {name!r}: "
                                                 f"choose one of {', '.join(sorted(partitions))}."})
     if partition is None:
-        return name
+        return name, time_limit_minutes or _default_time(None)
+    time_limit_minutes = time_limit_minutes or _default_time(partition)
     errors = {}
     if partition.max_time_minutes and time_limit_minutes > partition.max_time_minutes:
         errors["time_limit_minutes"] = (f"{partition.name} allows at most {partition.max_time_minutes} minutes.")
@@ -129,7 +149,7 @@ def _check_partition(cluster, name, *, nodes, cpus, memory_mb, time_limit_minute
         errors["memory_mb"] = f"{partition.name} allows at most {partition.max_mem_per_node_mb} MB per node."
     if errors:
         raise ValidationError(errors)
-    return partition.name
+    return partition.name, time_limit_minutes
 
 
 def _check_environment(environment):
@@ -170,8 +190,7 @@ def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes
     environment = environment or {}
     _check_environment(environment)
     posix_user = cluster_services.posix_username(user=owner, cluster=cluster)
-    time_limit_minutes = time_limit_minutes or 60
-    partition = _check_partition(cluster, partition, nodes=nodes, cpus=cpus, memory_mb=memory_mb,
+    partition, time_limit_minutes = _check_partition(cluster, partition, nodes=nodes, cpus=cpus, memory_mb=memory_mb,
                                  time_limit_minutes=time_limit_minutes)
     job = Job(
         project=project, owner=owner, cluster=cluster, template=template, template_parameters=parameters or {},

@@ -99,7 +99,11 @@ def job_estimate(request):
     form.is_valid()
     data = form.cleaned_data
     try:
-        nodes, cpus, minutes = data["nodes"], data["cpus"], data["time_limit_minutes"]
+        nodes, cpus = data["nodes"], data["cpus"]
+        minutes = data.get("time_limit_minutes") or (
+            services.default_time_limit(data["cluster"], data.get("partition", "")) if data.get("cluster") else None)
+        if not minutes:
+            raise KeyError("time_limit_minutes")
     except KeyError:
         return HttpResponse('<span class="text-body-secondary">Fill in nodes, CPUs and time limit to see the cost.</span>')
     from .models import array_task_count
@@ -136,7 +140,11 @@ def job_output(request, pk):
         text = services.job_output(job=job, stream=stream).decode("utf-8", errors="replace")
     except BackendError as exc:
         error = str(exc)
+    except ValidationError as exc:  # e.g. the cluster has no enabled command node
+        error = " ".join(exc.messages)
     if request.GET.get("download"):
+        if error:  # not an empty file that looks like empty output
+            return HttpResponse(error, status=503, content_type="text/plain; charset=utf-8")
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
         response["Content-Disposition"] = f'attachment; filename="{job.slurm_name}.{stream}.txt"'
         return response

@@ -1,5 +1,5 @@
-"""The usual cast, built once per test: alice manages project Alpha, bob is a
-member of Beta, mallory belongs to nothing, and a staff user sees all.
+"""The usual cast, built once per test: alice manages project Alpha (amy is a
+member), bob manages Beta, mallory belongs to nothing, and a staff user sees all.
 
 Tests run on PostgreSQL (the test bed's DATABASE_URL); running them on the
 zero-setup SQLite would hide locking and constraint behaviour, so refuse.

@@ -104,7 +104,7 @@ class SSHPool:
     """Persistent SSH connections to an ordered list of command nodes."""
 
     def __init__(self, nodes, username, private_key_text, known_hosts_text, connect_timeout=5, env=None,
-                 keepalive=15, retry_after=30):
+                 keepalive=15, retry_after=30, on_node_status=None):
         nodes = [(str(h), int(p)) for h, p in nodes]
         if not nodes:
             raise ValueError("at least one (host, port) node is needed")
@@ -123,6 +123,9 @@ class SSHPool:
         self._node_locks = {n: threading.Lock() for n in nodes}
         self._failed_until = {}
         self.last_errors = {}  # "host:port" -> last connection error (str)
+        # on_node_status((host, port), error_or_None): told which node served a
+        # command and which failed (the portal records it on CommandNode).
+        self.on_node_status = on_node_status
         self._closed = False
 
     # -- connections -------------------------------------------------------------
@@ -228,15 +231,25 @@ class SSHPool:
                     continue
                 self._failed_until.pop(node, None)
                 self.last_errors.pop(label, None)
+                self._report(node, None)
                 return result
             self._failed_until[node] = time.monotonic() + self.retry_after
             self.last_errors[label] = errors.get(label, "failed")
             log.warning("SSH node %s failed: %s", label, errors.get(label))
+            self._report(node, self.last_errors[label])
         detail = "; ".join(f"{k}: {v}" for k, v in errors.items())
         cls = HostKeyMismatch if mismatch else BackendUnavailable
         exc = cls(f"no command node reachable ({detail})")
         exc.errors = errors
         raise exc
+
+    def _report(self, node, error):
+        if self.on_node_status is None:
+            return
+        try:
+            self.on_node_status(node, error)
+        except Exception:  # noqa: BLE001 - reporting must never break a command
+            log.exception("recording the state of SSH node %s failed", self.node_label(node))
 
     # -- commands ----------------------------------------------------------------
 

@@ -17,3 +17,16 @@ document.addEventListener("click", function (event) {
     button.textContent = "Copied";
   }
 });
+
+// Job composer: load the chosen template's form (a plain GET, so neither the
+// CSRF token nor the script ends up in the URL).
+document.addEventListener("click", function (event) {
+  const button = event.target.closest("[data-template-use]");
+  if (!button) return;
+  const select = document.getElementById(button.getAttribute("data-template-select"));
+  const url = new URL(button.getAttribute("data-template-use"), window.location.href);
+  const project = document.getElementById("id_project");
+  if (select && select.value) url.searchParams.set("template", select.value);
+  if (project && project.value) url.searchParams.set("project", project.value);
+  window.location.assign(url.toString());
+});

@@ -1,6 +1,6 @@
 """The test bed's real Slurm cluster as a portal SlurmCluster, with the cast
-mapped to its POSIX users: alice -> ada (alpha), amy -> ada too is not
-allowed (names are unique per cluster), so amy -> bert; bob -> bert (beta).
+mapped to its POSIX users: alice -> ada (Slurm accounts alpha and beta),
+bob -> bert (beta). amy has no POSIX name (names are unique per cluster).
 
 Jobs submitted here really run on the cluster; celery is eager, so
 job_create submits inline."""

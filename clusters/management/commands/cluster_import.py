@@ -1,5 +1,6 @@
 """Load Slurm clusters from a bwVisu-style JSON file (see docs/clusters.md)."""
 import json
+import sys
 from pathlib import Path
 
 from django.core.exceptions import ValidationError
@@ -10,6 +11,7 @@ from clusters import services
 
 class Command(BaseCommand):
     help = "Create or update Slurm clusters from a bwVisu-style JSON file."
+    stealth_options = ("stdin",)
 
     def add_arguments(self, parser):
         parser.add_argument("file", help="JSON file, or - for standard input")
@@ -18,12 +20,15 @@ class Command(BaseCommand):
 
     def handle(self, *args, file, ssh_key=None, known_hosts=None, **options):
         try:
-            text = self.stdin.read() if file == "-" else Path(file).read_text()
+            text = (options.get("stdin") or sys.stdin).read() if file == "-" else Path(file).read_text()
             data = json.loads(text)
         except (OSError, json.JSONDecodeError) as exc:
             raise CommandError(f"Cannot read {file}: {exc}") from exc
-        key = Path(ssh_key).read_text() if ssh_key else ""
-        hosts = Path(known_hosts).read_text() if known_hosts else ""
+        try:
+            key = Path(ssh_key).read_text() if ssh_key else ""
+            hosts = Path(known_hosts).read_text() if known_hosts else ""
+        except OSError as exc:
+            raise CommandError(f"Cannot read {exc.filename}: {exc.strerror}") from exc
         try:
             clusters = services.cluster_import(data=data, ssh_private_key=key, known_hosts=hosts)
         except ValidationError as exc:
