@@ -1,6 +1,7 @@
 """Cluster-side rules: which client talks to a cluster, partition sync,
 POSIX names, bwVisu-style JSON import/export."""
 import logging
+import re
 import time
 
 from django.core.exceptions import ValidationError
@@ -13,6 +14,7 @@ from .backends.ssh import SSHPool, pool_for
 from .models import CommandNode, Partition, PosixAccount, SlurmCluster
 
 log = logging.getLogger(__name__)
+POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def slurm_client(cluster):
@@ -41,6 +43,29 @@ def posix_username(*, user, cluster):
             {"cluster": f"You have no user name on {cluster.name} yet: ask the staff to set one up."}
         )
     return account.username
+
+
+@transaction.atomic
+def posix_accounts_from_claims(*, user, claims):
+    """Give `user` a POSIX name on every enabled cluster where they have none,
+    from the claim named by NEPHELE_POSIX_USERNAME_CLAIM (e.g. `uid`). A name
+    already taken on a cluster is left alone (and logged): it is never moved
+    from one person to another. Users cannot choose their own name, since
+    that would let them act as someone else on the cluster."""
+    from django.conf import settings
+
+    claim = getattr(settings, "NEPHELE_POSIX_USERNAME_CLAIM", "")
+    name = claims.get(claim) if claim else None
+    if not isinstance(name, str) or not POSIX_NAME.match(name) or name == "root":
+        return []
+    made = []
+    for cluster in SlurmCluster.objects.filter(enabled=True).exclude(posix_accounts__user=user):
+        if PosixAccount.objects.filter(cluster=cluster, username=name).exists():
+            log.warning("POSIX name %r on %s is taken: not given to %s", name, cluster, user)
+            continue
+        made.append(PosixAccount.objects.create(user=user, cluster=cluster, username=name,
+                                                source=PosixAccount.Source.CLAIM))
+    return made
 
 
 def user_workdir(*, cluster, username):

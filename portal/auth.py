@@ -10,6 +10,7 @@ from django.db import transaction
 from django.utils.http import urlencode
 from mozilla_django_oidc.auth import OIDCAuthenticationBackend
 
+from clusters import services as cluster_services
 from projects import services as project_services
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ class OIDCBackend(OIDCAuthenticationBackend):
             user=user, grants=project_services.grants_from_claims(claims)
         )
         project_services.invitations_honour_for(user=user)
+        cluster_services.posix_accounts_from_claims(user=user, claims=claims)
 
 
 class AccountAdapter(DefaultAccountAdapter):

@@ -172,6 +172,8 @@ NEPHELE_CLAIM_RULES = env.str(
     default=r"^urn:mace:nephele:project:(?P<project>[a-z0-9][a-z0-9-]*)(?::role=(?P<role>manager|member))?$"
     r" ^nephele-(?P<project>[a-z0-9][a-z0-9-]*)-(?P<role>manager|member)$",
 ).split()
+# Claim giving a user's POSIX name on the clusters (e.g. `uid`); empty: staff set names.
+NEPHELE_POSIX_USERNAME_CLAIM = env("NEPHELE_POSIX_USERNAME_CLAIM", default="")
 # Values of these claims (in NEPHELE_MEMBERSHIP_CLAIMS) make a user staff.
 NEPHELE_STAFF_CLAIM_VALUES = env.list("NEPHELE_STAFF_CLAIM_VALUES", default=[])
 if OIDC_ENABLED:

@@ -125,3 +125,21 @@ def test_logout_ends_the_portal_session(live_server, projects):
     s.post(live_server.url + "/oidc/logout/", headers={"X-CSRFToken": csrf, "Referer": live_server.url + "/"})
 
     assert s.get(live_server.url + "/api/v1/me/").status_code in (401, 403)
+
+
+def test_posix_name_claim_gives_cluster_accounts_but_never_takes_anothers(live_server, projects, settings):
+    from clusters.models import PosixAccount, SlurmCluster
+
+    settings.NEPHELE_POSIX_USERNAME_CLAIM = "uid"
+    settings.OIDC_RP_SCOPES = "openid email profile groups entitlements posix"
+    hpc = SlurmCluster.objects.create(name="hpc", ssh_user="svc", ssh_private_key="k", known_hosts="h")
+    other = SlurmCluster.objects.create(name="other", ssh_user="svc", ssh_private_key="k", known_hosts="h")
+    squatter = get_user_model().objects.create_user("someone", email="someone@example.org")
+    PosixAccount.objects.create(user=squatter, cluster=other, username="ada")
+
+    oidc_login(live_server.url, "alice", "alice-pass")
+
+    alice = get_user_model().objects.get(email="alice@uni-a.example")
+    assert dict(PosixAccount.objects.filter(user=alice).values_list("cluster__name", "username")) == {"hpc": "ada"}
+    assert PosixAccount.objects.get(cluster=other, username="ada").user == squatter
+    assert PosixAccount.objects.get(user=alice, cluster=hpc).source == "claim"
