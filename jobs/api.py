@@ -78,7 +78,8 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(
         parameters=[OpenApiParameter("stream", enum=["stdout", "stderr"], default="stdout"),
-                    OpenApiParameter("max_bytes", int, default=65536)],
+                    OpenApiParameter("max_bytes", int, default=65536),
+                    OpenApiParameter("task", int, description="Array task id (default: the first task)")],
         responses={(200, "text/plain"): str},
     )
     @action(detail=True, methods=["get"])
@@ -91,8 +92,11 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         stream = request.query_params.get("stream", "stdout")
         if stream not in ("stdout", "stderr"):
             return Response({"stream": ["Choose stdout or stderr."]}, status=status.HTTP_400_BAD_REQUEST)
+        task = request.query_params.get("task")
+        if task is not None and not task.isdigit():
+            return Response({"task": ["An array task id (a whole number)."]}, status=status.HTTP_400_BAD_REQUEST)
         try:
-            data = services.job_output(job=job, stream=stream, max_bytes=max_bytes)
+            data = services.job_output(job=job, stream=stream, max_bytes=max_bytes, task=task)
         except BackendError as exc:
             return _unavailable(exc)
         except DjangoValidationError as exc:  # e.g. the cluster has no enabled command node

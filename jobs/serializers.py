@@ -32,11 +32,13 @@ class JobCreateSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     script = serializers.CharField(required=False, allow_blank=True, trim_whitespace=False)
     partition = serializers.CharField(required=False, allow_blank=True, max_length=64)
-    cpus = serializers.IntegerField(required=False, min_value=1, max_value=4096, default=1)
+    cpus = serializers.IntegerField(required=False, min_value=1, max_value=4096,
+                                    help_text="Default: the template's, else 1.")
     memory_mb = serializers.IntegerField(required=False, min_value=1, allow_null=True)
     time_limit_minutes = serializers.IntegerField(required=False, min_value=1, max_value=525600, allow_null=True)
-    nodes = serializers.IntegerField(required=False, min_value=1, max_value=1024, default=1)
-    gpus = serializers.IntegerField(required=False, min_value=0, max_value=64, default=0)
+    nodes = serializers.IntegerField(required=False, min_value=1, max_value=1024,
+                                     help_text="Default: the template's, else 1.")
+    gpus = serializers.IntegerField(required=False, min_value=0, max_value=64, help_text="Default: the template's, else 0.")
     array = serializers.CharField(required=False, allow_blank=True, max_length=100)
     environment = serializers.DictField(child=serializers.CharField(allow_blank=True), required=False)
     template = serializers.IntegerField(required=False, allow_null=True)

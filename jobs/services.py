@@ -162,9 +162,10 @@ def _check_environment(environment):
             raise ValidationError({"environment": f"The value of {key} must be text."})
 
 
-def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes=1, cpus=1, memory_mb=None,
-                time_limit_minutes=None, gpus=0, array="", environment=None, template=None, parameters=None):
-    """A validated, unsaved Job (used by the composer to show the estimate)."""
+def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes=None, cpus=None, memory_mb=None,
+                time_limit_minutes=None, gpus=None, array="", environment=None, template=None, parameters=None):
+    """A validated, unsaved Job. Resources not given come from the template,
+    if any, else one node, one CPU, no GPU and the partition's time limit."""
     if not (owner.is_staff or project_selectors.role_of(owner, project)):
         raise ValidationError({"project": "You are not a member of this project."})
     if not project.is_active:
@@ -176,6 +177,10 @@ def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes
             raise ValidationError({"template": "Unknown template."})
         script = template_render(template=template, parameters=parameters)
         partition = partition or template.partition
+        nodes = nodes or template.nodes
+        cpus = cpus or template.cpus
+        memory_mb = memory_mb or template.memory_mb
+        gpus = template.gpus if gpus is None else gpus
         if time_limit_minutes is None:
             time_limit_minutes = template.time_limit_minutes
         if template.max_cpus and cpus > template.max_cpus:
@@ -183,6 +188,7 @@ def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes
         if template.max_time_limit_minutes and (time_limit_minutes or 0) > template.max_time_limit_minutes:
             raise ValidationError({"time_limit_minutes":
                                    f"This template allows at most {template.max_time_limit_minutes} minutes."})
+    nodes, cpus, gpus = nodes or 1, cpus or 1, gpus or 0
     if not script or not script.strip():
         raise ValidationError({"script": "The job script is empty."})
     if not script.startswith("#!"):
@@ -215,9 +221,11 @@ def job_create(*, owner, project, cluster, **fields):
     job.state_changed = timezone.now()
     job.workdir = cluster_services.user_workdir(cluster=cluster, username=job.posix_user)
     job.save()
-    # File names carry the Slurm job name, which needs the primary key.
-    job.output_path = f"{job.workdir}/{job.slurm_name}.out"
-    job.error_path = f"{job.workdir}/{job.slurm_name}.err"
+    # File names carry the Slurm job name, which needs the primary key; an
+    # array's tasks each get their own files (%a: Slurm puts the task id in).
+    task = ".%a" if job.array else ""
+    job.output_path = f"{job.workdir}/{job.slurm_name}{task}.out"
+    job.error_path = f"{job.workdir}/{job.slurm_name}{task}.err"
     Job.objects.filter(pk=job.pk).update(output_path=job.output_path, error_path=job.error_path)
     transaction.on_commit(lambda: tasks.submit_job.delay(job.pk))
     return job
@@ -460,13 +468,17 @@ def job_cancel(*, job, actor):
     return job
 
 
-def job_output(*, job, stream, max_bytes=64 * 1024):
-    """The last `max_bytes` of the job's stdout or stderr (SFTP)."""
+def job_output(*, job, stream, max_bytes=64 * 1024, task=None):
+    """The last `max_bytes` of the job's stdout or stderr (SFTP); for an
+    array, of one task's (default: the first)."""
     if stream not in ("stdout", "stderr"):
         raise ValidationError({"stream": "Choose stdout or stderr."})
     if not job.scheduler_id:
         return b""
     path = job.output_path if stream == "stdout" else job.error_path
+    if "%a" in path:
+        first = int(re.match(r"\d+", job.array).group()) if job.array else 0
+        path = path.replace("%a", str(first if task is None else int(task)))
     client = cluster_services.slurm_client(job.cluster)
     try:
         return client.tail(path, max_bytes)

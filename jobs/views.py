@@ -135,9 +135,11 @@ def job_output(request, pk):
     stream = request.GET.get("stream", "stdout")
     if stream not in ("stdout", "stderr"):
         stream = "stdout"
+    task = request.GET.get("task")
+    task = task if task and task.isdigit() else None
     error, text = "", ""
     try:
-        text = services.job_output(job=job, stream=stream).decode("utf-8", errors="replace")
+        text = services.job_output(job=job, stream=stream, task=task).decode("utf-8", errors="replace")
     except BackendError as exc:
         error = str(exc)
     except ValidationError as exc:  # e.g. the cluster has no enabled command node
@@ -146,9 +148,11 @@ def job_output(request, pk):
         if error:  # not an empty file that looks like empty output
             return HttpResponse(error, status=503, content_type="text/plain; charset=utf-8")
         response = HttpResponse(text, content_type="text/plain; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{job.slurm_name}.{stream}.txt"'
+        suffix = f".task{task}" if task else ""
+        response["Content-Disposition"] = f'attachment; filename="{job.slurm_name}{suffix}.{stream}.txt"'
         return response
-    return render(request, "jobs/_job_output.html", {"job": job, "stream": stream, "text": text, "error": error})
+    return render(request, "jobs/_job_output.html",
+                  {"job": job, "stream": stream, "text": text, "error": error, "task": task or ""})
 
 
 @login_required

@@ -193,6 +193,12 @@ if env("EMAIL_URL", default=""):
 EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(VAR_DIR / "mail"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Nephele <nephele@localhost>")
 INVITATION_VALID_DAYS = env.int("INVITATION_VALID_DAYS", default=14)
+# Limits a new project starts with, e.g. "cores=8,ram_mb=16384,core_hours=1000" (others: 0).
+NEPHELE_DEFAULT_QUOTAS = {
+    key.strip(): int(value)
+    for key, _, value in (item.partition("=") for item in env("NEPHELE_DEFAULT_QUOTAS", default="").split(","))
+    if key.strip()
+}
 
 # --- Security -----------------------------------------------------------------
 SESSION_COOKIE_NAME = "nephele_session"  # not `_session`: the test IdP uses that name

@@ -248,6 +248,9 @@ def test_array_job_is_one_job_with_task_counts(slurm):
     assert job.state == State.COMPLETED
     assert job.array_tasks == {"COMPLETED": 4}
     assert job.exit_code == 0
+    # Each task writes its own file; the first task's is the default.
+    assert services.job_output(job=job, stream="stdout").decode() == "task 0\n"
+    assert services.job_output(job=job, stream="stdout", task=2).decode() == "task 2\n"
 
 
 def test_template_parameters_are_quoted_into_the_script(slurm):
@@ -258,7 +261,12 @@ def test_template_parameters_are_quoted_into_the_script(slurm):
         parameters=[{"name": "greeting", "type": "str"},
                     {"name": "times", "type": "int", "default": 2, "min": 1, "max": 5}])
 
-    job = create(slurm, template=template, parameters={"greeting": "hi; id"}, script="")
+    template.cpus, template.partition, template.time_limit_minutes = 2, "debug", 20
+    template.save()
+
+    job = create(slurm, template=template, parameters={"greeting": "hi; id"}, script="", time_limit_minutes=None)
+
+    assert (job.cpus, job.nodes, job.partition, job.time_limit_minutes) == (2, 1, "debug", 20)
 
     assert job.script == "#!/bin/bash\necho 'hi; id' x2\n"
     job = wait_for_state(job, {State.COMPLETED, State.FAILED})
