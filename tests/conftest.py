@@ -6,6 +6,7 @@ zero-setup SQLite would hide locking and constraint behaviour, so refuse.
 """
 import pytest
 from django.conf import settings
+from django.core.servers.basehttp import WSGIServer
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
@@ -13,6 +14,10 @@ from projects import services
 from projects.models import Membership
 
 PASSWORD = "correct-horse-battery-staple"
+
+# The live test server's listen backlog (5 by default) would reset the 50
+# simultaneous clients of the quota race tests; a real server has more.
+WSGIServer.request_queue_size = 128
 
 
 def pytest_configure(config):
