@@ -24,7 +24,7 @@ from projects import services as project_services
 from projects.models import Resource
 
 from . import tasks
-from .models import ACTIVE, ON_CLUSTER, Job, JobTemplate, State
+from .models import ACTIVE, FINAL as FINAL_STATES, ON_CLUSTER, Job, JobTemplate, State
 
 log = logging.getLogger(__name__)
 
@@ -497,3 +497,14 @@ def template_save_from_job(*, job, owner, name):
         cpus=job.cpus, memory_mb=job.memory_mb, time_limit_minutes=job.time_limit_minutes, nodes=job.nodes,
         gpus=job.gpus,
     )
+
+
+def core_hours_by_member(project):
+    """Core-hours per member recounted from the jobs, as settled: the running
+    and waiting jobs' reservations, and each finished job's CPU time rounded up."""
+    counts = {}
+    for owner_id, state, reserved, used in Job.objects.filter(project=project).values_list(
+            "owner_id", "state", "reserved_core_hours", "used_core_hours"):
+        u, r = counts.get(owner_id, (0, 0))
+        counts[owner_id] = (u + (math.ceil(used) if used and state in FINAL_STATES else 0), r + reserved)
+    return counts

@@ -119,6 +119,14 @@ CELERY_BEAT_SCHEDULE = {
         "task": "clusters.tasks.sync_all_partitions",
         "schedule": timedelta(hours=1),
     },
+    "expire-quota-limits": {
+        "task": "projects.tasks.expire_quota_limits",
+        "schedule": timedelta(hours=6),
+    },
+    "recount-quotas": {
+        "task": "projects.tasks.recount_quotas",
+        "schedule": timedelta(hours=1),
+    },
     "expire-invitations": {
         "task": "projects.tasks.expire_invitations",
         "schedule": timedelta(hours=1),
@@ -193,6 +201,8 @@ if env("EMAIL_URL", default=""):
 EMAIL_FILE_PATH = env("EMAIL_FILE_PATH", default=str(VAR_DIR / "mail"))
 DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="Nephele <nephele@localhost>")
 INVITATION_VALID_DAYS = env.int("INVITATION_VALID_DAYS", default=14)
+# Days before an approved temporary limit ends that its requester is warned.
+QUOTA_EXPIRY_WARNING_DAYS = env.int("QUOTA_EXPIRY_WARNING_DAYS", default=7)
 # Limits a new project starts with, e.g. "cores=8,ram_mb=16384,core_hours=1000" (others: 0).
 NEPHELE_DEFAULT_QUOTAS = {
     key.strip(): int(value)

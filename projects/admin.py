@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.utils.html import format_html
 
 from . import services
-from .models import Invitation, MemberUsage, Membership, Project, Quota
+from .models import Invitation, MemberUsage, Membership, Project, Quota, QuotaCorrection, QuotaRequest
 
 
 class MembershipInline(admin.TabularInline):
@@ -31,6 +31,18 @@ class ProjectAdmin(admin.ModelAdmin):
     @admin.display(description="members")
     def member_count(self, obj):
         return obj.memberships.count()
+
+    actions = ["recount_usage"]
+
+    @admin.action(description="Recount usage from the source records")
+    def recount_usage(self, request, queryset):
+        from .quota_requests import quota_recount
+
+        for project in queryset:
+            corrections = quota_recount(project=project)
+            detail = "; ".join(f"{c.quota.resource} {c.field} {c.stored}→{c.recounted}" for c in corrections)
+            self.message_user(request, f"{project}: " + (f"corrected {detail}" if corrections else "no drift"),
+                              level="warning" if corrections else "info")
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
@@ -81,4 +93,54 @@ class MemberUsageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request):
         # Rows come from quota_reserve; every field is read-only, so an
         # added row would have no quota or user (a database error).
+        return False
+
+
+@admin.register(QuotaRequest)
+class QuotaRequestAdmin(admin.ModelAdmin):
+    list_display = ["project", "resource", "requested_limit", "approved_limit", "status", "end_date", "requested_by",
+                    "created", "decided_by"]
+    list_filter = ["status", "resource"]
+    search_fields = ["project__slug", "project__name", "requested_by__email", "justification"]
+    list_select_related = ["project", "requested_by", "decided_by"]
+    readonly_fields = ["project", "resource", "requested_limit", "justification", "end_date", "requested_by", "created",
+                       "status", "approved_limit", "previous_limit", "decided_by", "decided_at", "expiry_warned_at",
+                       "expired_at"]
+    fields = readonly_fields + ["comment"]
+    actions = ["approve", "deny"]
+
+    def has_add_permission(self, request):
+        return False  # members ask on the project page
+
+    @admin.action(description="Approve as requested")
+    def approve(self, request, queryset):
+        self._decide(request, queryset, "approved")
+
+    @admin.action(description="Deny")
+    def deny(self, request, queryset):
+        self._decide(request, queryset, "denied", comment="Denied by the staff; ask us for details.")
+
+    def _decide(self, request, queryset, decision, comment=""):
+        from django.core.exceptions import ValidationError
+
+        from .quota_requests import quota_request_decide
+
+        for quota_request in queryset:
+            try:
+                quota_request_decide(request=quota_request, staff=request.user, decision=decision, comment=comment)
+            except ValidationError as exc:
+                self.message_user(request, f"{quota_request}: {'; '.join(exc.messages)}", level="warning")
+            else:
+                self.message_user(request, f"{quota_request}: {decision}.")
+
+
+@admin.register(QuotaCorrection)
+class QuotaCorrectionAdmin(admin.ModelAdmin):
+    list_display = ["at", "quota", "user", "field", "stored", "recounted"]
+    list_filter = ["field", "quota__resource"]
+    search_fields = ["quota__project__slug", "user__username"]
+    list_select_related = ["quota__project", "user"]
+    readonly_fields = ["quota", "user", "field", "stored", "recounted", "at"]
+
+    def has_add_permission(self, request):
         return False

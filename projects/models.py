@@ -24,6 +24,14 @@ class Resource(models.TextChoices):
     CORE_HOURS = "core_hours", "Core-hours"
 
 
+RESERVED_SLUGS = {"quota-requests", "new"}  # page paths under /projects/
+
+
+def not_reserved(slug):
+    if slug in RESERVED_SLUGS:
+        raise ValidationError(f"{slug!r} is reserved; choose another slug.")
+
+
 RESOURCE_ORDER = {value: index for index, value in enumerate(Resource.values)}
 
 
@@ -33,7 +41,8 @@ class Project(models.Model):
         SUSPENDED = "suspended", "Suspended"
         ARCHIVED = "archived", "Archived"
 
-    slug = models.SlugField(max_length=64, unique=True, help_text="Short identifier used in URLs and the API.")
+    slug = models.SlugField(max_length=64, unique=True, validators=[not_reserved],
+                            help_text="Short identifier used in URLs and the API.")
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE, db_index=True)
@@ -200,3 +209,62 @@ class MemberUsage(models.Model):
     @property
     def consumed(self):
         return self.used + self.reserved
+
+
+class QuotaRequest(models.Model):
+    """A member's or manager's request for a different limit, decided by staff.
+    An approved limit with an end date falls back to `previous_limit` then."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        APPROVED = "approved", "Approved"
+        PARTIAL = "partial", "Partially approved"
+        DENIED = "denied", "Denied"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="quota_requests")
+    resource = models.CharField(max_length=32, choices=Resource.choices)
+    requested_limit = models.BigIntegerField(validators=[MinValueValidator(0)])
+    justification = models.TextField()
+    end_date = models.DateField(null=True, blank=True, help_text="Empty: the new limit is permanent.")
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
+    created = models.DateTimeField(auto_now_add=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    approved_limit = models.BigIntegerField(null=True, blank=True)
+    previous_limit = models.BigIntegerField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    decided_at = models.DateTimeField(null=True, blank=True)
+    comment = models.TextField(blank=True, help_text="Shown to the requester.")
+    expiry_warned_at = models.DateTimeField(null=True, blank=True)
+    expired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created"]
+
+    def __str__(self):
+        return f"{self.project}: {self.get_resource_display()} -> {self.requested_limit}"
+
+    @property
+    def is_open(self):
+        return self.status == self.Status.PENDING
+
+
+class QuotaCorrection(models.Model):
+    """A counter found to differ from the recount of its source records, and
+    corrected. Kept so drift is reported, never silently absorbed."""
+
+    quota = models.ForeignKey(Quota, on_delete=models.CASCADE, related_name="corrections")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             help_text="Set for a member's share; empty for the project total.")
+    field = models.CharField(max_length=16)
+    stored = models.BigIntegerField()
+    recounted = models.BigIntegerField()
+    at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-at"]
+
+    def __str__(self):
+        return f"{self.quota} {self.field}: {self.stored} -> {self.recounted}"

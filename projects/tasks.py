@@ -15,3 +15,27 @@ def send_invitation(invitation_id, url):
 @shared_task
 def expire_invitations():
     return services.invitations_expire()
+
+
+@shared_task
+def send_mail_task(subject, body, recipients):
+    from .quota_requests import mail_send
+
+    mail_send(subject=subject, body=body, recipients=recipients)
+
+
+@shared_task
+def expire_quota_limits():
+    from .quota_requests import quota_limits_expire
+
+    return quota_limits_expire()
+
+
+@shared_task
+def recount_quotas():
+    """Periodic: recount every active project's usage; drift is corrected and
+    recorded (QuotaCorrection), and logged as a warning."""
+    from .models import Project
+    from .quota_requests import quota_recount
+
+    return sum(len(quota_recount(project=p)) for p in Project.objects.exclude(status="archived"))

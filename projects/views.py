@@ -67,6 +67,7 @@ def project_detail(request, slug):
         "invitations": selectors.pending_invitations_of(project) if can_manage else [],
         "invite_form": InvitationForm() if can_manage else None,
         "role_choices": InvitationForm.base_fields["role"].choices,
+        "quota_requests": project.quota_requests.select_related("requested_by")[:10],
     }
     return render(request, "projects/project_detail.html", context)
 

@@ -14,7 +14,7 @@ from rest_framework.authtoken.models import Token
 from clusters.models import ClusterAccount, CommandNode, Partition, PosixAccount, SlurmCluster
 from jobs.models import Job, JobTemplate
 from projects import services
-from projects.models import Membership, Project, Quota
+from projects.models import Membership, Project, Quota, QuotaCorrection
 
 REGISTRY = sorted(admin.site._registry.items(), key=lambda item: item[0]._meta.label)
 IDS = [model._meta.label for model, _ in REGISTRY]
@@ -44,6 +44,11 @@ def populated(cast):
                                           parameters=[{"name": "who", "default": "world"}])
     Job.objects.create(project=cast.alpha, owner=cast.alice, cluster=cluster, name="hello", script="echo hi",
                        template=template)
+    from projects import quota_requests
+
+    asked = quota_requests.quota_request_create(project=cast.alpha, user=cast.alice, resource="cores",
+                                                requested_limit=20, justification="more")
+    QuotaCorrection.objects.create(quota=asked.project.quotas.first(), field="used", stored=1, recounted=0)
     cast.invitation = invitation
     return cast
 

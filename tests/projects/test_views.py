@@ -42,6 +42,7 @@ def alpha_urls(c):
         "member-role": reverse("projects:member-role", args=["alpha", c.amy_m.pk]),
         "member-remove": reverse("projects:member-remove", args=["alpha", c.amy_m.pk]),
         "quota-edit": reverse("projects:quota-edit", args=["alpha", "cores"]),
+        "quota-request-new": reverse("projects:quota-request-new", args=["alpha"]),
     }
 
 
@@ -60,7 +61,8 @@ def assert_alpha_untouched(c):
 
 
 def test_every_project_url_is_covered(world):
-    names = {p.name for p in project_urls.urlpatterns} - {"list"}
+    # The quota request queue is a staff page, not a project's (tests/quotas).
+    names = {p.name for p in project_urls.urlpatterns} - {"list", "quota-requests", "quota-request-decide"}
     assert names == set(alpha_urls(world))
 
 
@@ -189,7 +191,8 @@ def test_detail_for_member_manager_and_staff(world, client_for):
 # --- Tenant isolation ----------------------------------------------------------------------
 
 
-URL_NAMES = ["detail", "edit", "invite", "invitation-revoke", "member-role", "member-remove", "quota-edit"]
+URL_NAMES = ["detail", "edit", "invite", "invitation-revoke", "member-role", "member-remove", "quota-edit",
+             "quota-request-new"]
 
 
 @pytest.mark.parametrize("name", URL_NAMES)

@@ -3,7 +3,7 @@
 import threading
 
 import pytest
-from django.db import close_old_connections
+from django.db import connection
 
 from projects import services
 from projects.models import MemberUsage, Quota
@@ -26,7 +26,7 @@ def run_concurrently(n, fn):
         except Exception as exc:  # noqa: BLE001 - reported by the assertion below
             outcomes[i] = ("error", exc)
         finally:
-            close_old_connections()
+            connection.close()
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
     for t in threads:
