@@ -67,7 +67,19 @@ class SlurmClusterAdmin(admin.ModelAdmin):
     list_filter = ["enabled", "sudo_mode"]
     search_fields = ["name", "description", "command_nodes__host"]
     inlines = [CommandNodeInline, PartitionInline, ClusterAccountInline]
-    actions = ["sync_partitions", "resync_jobs"]
+    actions = ["sync_partitions", "resync_jobs", "push_limits"]
+
+    @admin.action(description="Push project accounts and core-hour limits")
+    def push_limits(self, request, queryset):
+        from .limits import slurm_limits_sync
+
+        for cluster in queryset:
+            try:
+                fixed = slurm_limits_sync(cluster=cluster)
+            except BackendError as exc:
+                self.message_user(request, f"{cluster}: {exc}", messages.ERROR)
+            else:
+                self.message_user(request, f"{cluster}: {len(fixed)} difference(s) fixed.")
 
     @admin.display(description="command nodes")
     def node_list(self, obj):

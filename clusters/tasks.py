@@ -17,3 +17,15 @@ def sync_all_partitions():
 
     for cluster_id in SlurmCluster.objects.filter(enabled=True).values_list("pk", flat=True):
         sync_partitions.delay(cluster_id)
+
+
+@shared_task
+def sync_slurm_limits():
+    """Periodic: push every active project's accounts and core-hour limits."""
+    from .limits import slurm_limits_sync
+    from .models import SlurmCluster
+
+    fixed = 0
+    for cluster in SlurmCluster.objects.filter(enabled=True):
+        fixed += len(slurm_limits_sync(cluster=cluster))
+    return fixed

@@ -115,6 +115,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.tasks.sync_all_clusters",
         "schedule": timedelta(seconds=env.int("JOB_SYNC_SECONDS", default=15)),
     },
+    "sync-slurm-limits": {
+        "task": "clusters.tasks.sync_slurm_limits",
+        "schedule": timedelta(hours=1),
+    },
     "sync-slurm-partitions": {
         "task": "clusters.tasks.sync_all_partitions",
         "schedule": timedelta(hours=1),

@@ -19,6 +19,7 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("projects/", include("projects.urls")),
     path("jobs/", include("jobs.urls")),
+    path("clusters/", include("clusters.urls")),
     path("invitations/<str:token>/", project_views.invitation_accept, name="invitation"),
     # One login page for everything: the admin's own form would bypass the
     # failed-login throttling and the OIDC button.

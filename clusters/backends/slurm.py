@@ -267,6 +267,14 @@ def _check_text(label, value, *, required=True):
     return value
 
 
+ACCOUNT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
+def _check_account(account):
+    if not ACCOUNT_NAME.match(str(account)):
+        raise InvalidRequest(f"not a valid Slurm account name: {account!r}")
+
+
 def _check_ids(job_ids):
     ids = [str(j) for j in job_ids]
     for j in ids:
@@ -452,6 +460,47 @@ class SlurmClient:
         res = self._run(["scontrol", "show", "partition", "--oneliner"])
         return parse_partitions(res.stdout)
 
+    # -- accounts and limits (sacctmgr; the service user is a Slurm administrator) --
+
+    def associations(self, account):
+        """The associations of `account`: {user: GrpTRESMins text}, with the
+        account's own row under "". Empty if the account does not exist."""
+        _check_account(account)
+        res = self._run(["sacctmgr", "-n", "-P", "show", "assoc", "where", f"account={account}",
+                         "format=Account,User,GrpTRESMins"])
+        rows = {}
+        for line in res.stdout.splitlines():
+            parts = line.split("|")
+            if len(parts) >= 3 and parts[0] == account:
+                rows[parts[1]] = parts[2]
+        return rows
+
+    def ensure_account(self, account, *, description=""):
+        _check_account(account)
+        if "" not in self.associations(account):
+            self._run(["sacctmgr", "-i", "add", "account", account,
+                       f"description={(description or account)[:60]}", "organization=nephele"])
+
+    def ensure_user(self, user, account):
+        _check_account(account)
+        if not POSIX_USER.match(str(user)) or user == "root":
+            raise InvalidRequest(f"not a valid user name: {user!r}")
+        if user not in self.associations(account):
+            self._run(["sacctmgr", "-i", "add", "user", user, f"account={account}"])
+
+    def set_cpu_minutes_limit(self, account, minutes):
+        """GrpTRESMins=cpu=<minutes> on the account (None: no limit)."""
+        _check_account(account)
+        value = -1 if minutes is None else int(minutes)
+        if value < -1:
+            raise InvalidRequest("a limit cannot be negative")
+        self._run(["sacctmgr", "-i", "modify", "account", "where", f"name={account}", "set",
+                   f"GrpTRESMins=cpu={value}"], ok=(0, 1))  # 1: "Nothing modified" (already so)
+
+    def delete_account(self, account):
+        _check_account(account)
+        self._run(["sacctmgr", "-i", "delete", "account", f"name={account}"], ok=(0, 1))
+
     def read(self, path, offset=0, max_bytes=1 << 20):
         """Bytes of a remote file over SFTP (RemoteFileMissing if absent)."""
         path = _check_text("path", path)
@@ -465,6 +514,33 @@ class SlurmClient:
         if max_bytes <= 0:
             return b""
         return self.pool.sftp_read(path, -max_bytes, max_bytes)
+
+    def accounting_window(self, start, end):
+        """Raw accounting lines of EVERY user's jobs that finished between
+        `start` and `end` (aware datetimes): one `sacct -a` call, --parsable2
+        with SEP as delimiter, no header, times as epoch seconds, fields
+
+            JobID JobName User Account Partition State ExitCode AllocCPUS
+            AllocTRES ElapsedRaw CPUTimeRAW ReqMem Submit Start End MaxRSS
+
+        (accounting.ingest.FIELDS parses them). Without -X on purpose: MaxRSS
+        exists only on step rows ('123.batch', '123_4.0', ...), so the steps
+        come in the same call and the parser folds them into their allocation
+        (max over steps); every other value is taken from the allocation row.
+        One round trip instead of a second sacct pass over the steps. The
+        window is given in UTC (TZ=UTC), so the node's time zone does not
+        matter. Returns a list of lines (str)."""
+        def stamp(value):
+            if value.tzinfo is None:
+                raise InvalidRequest("accounting window bounds must be aware datetimes")
+            return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+
+        fields = ("JobID,JobName,User,Account,Partition,State,ExitCode,AllocCPUS,AllocTRES,ElapsedRaw,"
+                  "CPUTimeRAW,ReqMem,Submit,Start,End,MaxRSS")
+        res = self._run(["sacct", "-a", "--parsable2", "--noheader", f"--delimiter={SEP}",
+                         "-S", stamp(start), "-E", stamp(end), "-s", "CA,CD,DL,F,NF,OOM,PR,TO,BF",
+                         f"--format={fields}"], env={**QUERY_ENV, "TZ": "UTC"})
+        return res.stdout.splitlines()
 
 
 __all__ = [

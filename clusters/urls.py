@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import views
+
+app_name = "clusters"
+urlpatterns = [
+    path("limits/", views.limits, name="limits"),
+    path("<int:pk>/limits/sync/", views.limits_sync, name="limits-sync"),
+]
