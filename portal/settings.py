@@ -115,6 +115,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "jobs.tasks.sync_all_clusters",
         "schedule": timedelta(seconds=env.int("JOB_SYNC_SECONDS", default=15)),
     },
+    "ingest-slurm-accounting": {
+        "task": "accounting.tasks.ingest_all_clusters",
+        "schedule": timedelta(minutes=10),
+    },
     "sync-slurm-limits": {
         "task": "clusters.tasks.sync_slurm_limits",
         "schedule": timedelta(hours=1),

@@ -38,6 +38,10 @@ def populated(cast):
     cluster = SlurmCluster.objects.create(name="hpc", ssh_user="nephele", ssh_private_key="k", known_hosts="h")
     CommandNode.objects.create(cluster=cluster, host="login1.example.org")
     Partition.objects.create(cluster=cluster, name="debug", is_default=True)
+    from accounting.services import ingest_lines
+
+    ingest_lines(cluster, ["1\x1fjob\x1falice\x1falpha\x1fdebug\x1fCOMPLETED\x1f0:0\x1f1\x1fcpu=1\x1f60\x1f60"
+                           "\x1f100M\x1f1790000000\x1f1790000000\x1f1790000060\x1f"])
     ClusterAccount.objects.create(cluster=cluster, project=cast.alpha, account="alpha")
     PosixAccount.objects.create(user=cast.alice, cluster=cluster, username="alice")
     template = JobTemplate.objects.create(name="Hello", script="echo {{ who }}",
