@@ -54,8 +54,9 @@ def test_browser_signs_in_through_the_provider_and_sees_the_dashboard(live_serve
     browser.find_element(By.NAME, "password").send_keys("alice-pass")
     browser.find_element(By.XPATH, "//button[contains(., 'Sign in')]").click()
 
+    # The click returns before the redirects finish: wait for our dashboard.
+    wait.until(EC.url_to_be(live_server.url + "/"))
     heading = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, "main h1")))
-    assert browser.current_url == live_server.url + "/"
     assert heading.text == "Welcome, Alice"
     card = browser.find_element(By.ID, "proj-alpha")
     assert card.text == "Alpha Project"
