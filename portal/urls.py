@@ -13,6 +13,7 @@ api_v1 = [
     path("me/", MeView.as_view(), name="me"),
     path("", include("projects.api_urls")),
     path("", include("jobs.api_urls")),
+    path("", include("accounting.api_urls")),
 ]
 
 urlpatterns = [
@@ -20,6 +21,7 @@ urlpatterns = [
     path("projects/", include("projects.urls")),
     path("jobs/", include("jobs.urls")),
     path("clusters/", include("clusters.urls")),
+    path("reports/", include("accounting.urls")),
     path("invitations/<str:token>/", project_views.invitation_accept, name="invitation"),
     # One login page for everything: the admin's own form would bypass the
     # failed-login throttling and the OIDC button.
