@@ -112,3 +112,152 @@ class PartitionInfo:
     total_cpus: int
     max_cpus_per_node: int | None = None
     max_mem_per_node_mb: int | None = None
+
+
+# --------------------------------------------------------------- OpenStack
+
+
+class QuotaRefused(BackendError):
+    """The cloud refused a request for quota reasons (HTTP 403/413, or a
+    server put in ERROR by nova's quota recheck). `str()` carries the API's
+    message, e.g. "Quota exceeded for cores: Requested 4, but already used
+    0 of 1 cores"."""
+
+
+class NotFound(BackendError):
+    """The named cloud resource does not exist (any more)."""
+
+
+class AuthenticationFailed(BackendError):
+    """The cloud refused the credentials (wrong password, unknown project)."""
+
+
+@dataclass
+class FlavorRecord:
+    id: str
+    name: str
+    vcpus: int
+    ram_mb: int
+    disk_gb: int
+    is_public: bool = True
+
+
+@dataclass
+class ImageRecord:
+    id: str
+    name: str
+    status: str
+    size: int | None = None
+    disk_format: str = ""
+    visibility: str = ""
+    min_disk_gb: int = 0
+    min_ram_mb: int = 0
+
+
+@dataclass
+class ServerRecord:
+    """One server. `status` is nova's (BUILD, ACTIVE, SHUTOFF, REBOOT,
+    HARD_REBOOT, RESIZE, VERIFY_RESIZE, REVERT_RESIZE, ERROR, DELETED, ...);
+    `fault` is the fault message when status is ERROR ("" otherwise),
+    `fault_code` its HTTP-like code (e.g. 500, or 413 for a quota refusal
+    found by nova's recheck). `addresses` maps network name to a list of
+    {"addr", "version", "type" ("fixed"|"floating"), "mac"}."""
+
+    id: str
+    name: str
+    status: str
+    task_state: str = ""
+    power_state: int | None = None
+    flavor_name: str = ""
+    flavor_vcpus: int | None = None
+    flavor_ram_mb: int | None = None
+    flavor_disk_gb: int | None = None
+    image_id: str = ""
+    key_name: str = ""
+    addresses: dict = field(default_factory=dict)
+    fault: str = ""
+    fault_code: int | None = None
+    created: str = ""
+    updated: str = ""
+    project_id: str = ""
+
+    @property
+    def fixed_ips(self):
+        return [a["addr"] for nets in self.addresses.values() for a in nets if a.get("type") != "floating"]
+
+    @property
+    def floating_ips(self):
+        return [a["addr"] for nets in self.addresses.values() for a in nets if a.get("type") == "floating"]
+
+
+@dataclass
+class QuotaUsage:
+    """One resource's quota: `limit` (-1 = unlimited), `in_use`, `reserved`."""
+
+    limit: int
+    in_use: int = 0
+    reserved: int = 0
+
+
+@dataclass
+class QuotaSet:
+    """Quotas with usage per service, keyed by the API's own names:
+    compute: cores, ram (MB), instances, key_pairs, ...; volume: volumes,
+    gigabytes, snapshots, ...; network: floatingip, network, port, router,
+    subnet, security_group, ..."""
+
+    project_id: str
+    compute: dict = field(default_factory=dict)
+    volume: dict = field(default_factory=dict)
+    network: dict = field(default_factory=dict)
+
+
+@dataclass
+class KeypairRecord:
+    name: str
+    fingerprint: str = ""
+    public_key: str = ""
+    private_key: str = ""  # only when the cloud generated the key
+
+
+@dataclass
+class VolumeRecord:
+    """`status`: creating, available, attaching, in-use, detaching,
+    deleting, error, ...; `attachments`: [{"server_id", "device",
+    "attachment_id"}]."""
+
+    id: str
+    name: str
+    size_gb: int
+    status: str
+    attachments: list = field(default_factory=list)
+    volume_type: str = ""
+    bootable: bool = False
+
+
+@dataclass
+class VolumeAttachmentRecord:
+    id: str
+    server_id: str
+    volume_id: str
+    device: str = ""
+
+
+@dataclass
+class FloatingIPRecord:
+    """`status` stays DOWN on the test bed (no L3 agent)."""
+
+    id: str
+    address: str
+    status: str
+    port_id: str = ""
+    fixed_address: str = ""
+    network_id: str = ""
+
+
+@dataclass
+class ProjectRecord:
+    id: str
+    name: str
+    domain_id: str = ""
+    enabled: bool = True
