@@ -4,7 +4,7 @@ from django.core.exceptions import ValidationError
 
 from . import services
 from .backends.base import BackendError
-from .models import ClusterAccount, CommandNode, Partition, PosixAccount, SlurmCluster
+from .models import Cloud, CloudProject, ClusterAccount, CommandNode, Partition, PosixAccount, SlurmCluster
 
 
 class SecretTextarea(forms.Textarea):
@@ -143,3 +143,102 @@ class CommandNodeAdmin(admin.ModelAdmin):
     list_display = ["host", "port", "cluster", "position", "enabled", "last_ok_at", "last_error_at"]
     list_filter = ["cluster", "enabled"]
     search_fields = ["host", "cluster__name"]
+
+
+# --------------------------------------------------------------- OpenStack
+
+CLOUD_SECRETS = ("password", "application_credential_secret")
+
+
+class CloudForm(forms.ModelForm):
+    """Like SlurmClusterForm: the stored password and application credential
+    secret are never rendered back; leaving them empty keeps them."""
+
+    class Meta:
+        model = Cloud
+        fields = "__all__"
+        widgets = {name: forms.PasswordInput(render_value=False) for name in CLOUD_SECRETS}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:
+            for name in CLOUD_SECRETS:
+                if getattr(self.instance, name):
+                    self.fields[name].help_text += " Stored; leave empty to keep it."
+
+    def clean(self):
+        data = super().clean()
+        if self.instance.pk:
+            stored = type(self.instance).objects.get(pk=self.instance.pk)
+            for name in CLOUD_SECRETS:
+                if not data.get(name):
+                    data[name] = getattr(stored, name)
+        return data
+
+
+class CloudProjectInline(admin.TabularInline):
+    model = CloudProject
+    extra = 0
+    autocomplete_fields = ["project"]
+    fields = ["project", "openstack_project_name", "openstack_project_id", "created"]
+    readonly_fields = ["created"]
+
+
+def _sync_clouds(modeladmin, request, items):
+    """items: [(cloud, projects or None)]"""
+    from .clouds import openstack_quotas_sync
+
+    for cloud, projects in items:
+        try:
+            done = openstack_quotas_sync(cloud, projects=projects)
+        except BackendError as exc:
+            modeladmin.message_user(request, f"{cloud}: {exc}", messages.ERROR)
+            continue
+        failed = [d for d in done if d.error]
+        modeladmin.message_user(request, f"{cloud}: {len(done) - len(failed)} difference(s) fixed.")
+        for d in failed:
+            modeladmin.message_user(request, f"{cloud}: {d.project} {d.resource or d.what}: {d.error}", messages.ERROR)
+
+
+@admin.register(Cloud)
+class CloudAdmin(admin.ModelAdmin):
+    form = CloudForm
+    list_display = ["name", "site", "region", "enabled", "auth_url", "auth_type", "project_count", "last_sync"]
+    list_filter = ["enabled", "auth_type", "region"]
+    search_fields = ["name", "site", "auth_url", "region"]
+    readonly_fields = ["last_sync", "created"]
+    inlines = [CloudProjectInline]
+    actions = ["sync_quotas"]
+    fieldsets = [
+        (None, {"fields": ["name", "site", "enabled", "region", "auth_url"]}),
+        ("Admin credentials", {"fields": ["auth_type", "username", "password", "user_domain_name", "project_name",
+                                          "project_domain_name", "application_credential_id",
+                                          "application_credential_secret"]}),
+        ("Networks", {"fields": ["default_network", "external_network"]}),
+        ("Projects", {"fields": ["project_name_prefix", "project_domain_id", "last_sync", "created"]}),
+    ]
+
+    @admin.display(description="projects")
+    def project_count(self, obj):
+        return obj.cloud_projects.count()
+
+    @admin.action(description="Sync quotas to the cloud")
+    def sync_quotas(self, request, queryset):
+        _sync_clouds(self, request, [(cloud, None) for cloud in queryset])
+
+
+@admin.register(CloudProject)
+class CloudProjectAdmin(admin.ModelAdmin):
+    list_display = ["project", "cloud", "openstack_project_name", "openstack_project_id", "created"]
+    list_filter = ["cloud"]
+    search_fields = ["project__slug", "project__name", "openstack_project_name", "openstack_project_id"]
+    autocomplete_fields = ["project"]
+    list_select_related = ["project", "cloud"]
+    actions = ["sync_quotas"]
+
+    @admin.action(description="Sync quotas to the cloud")
+    def sync_quotas(self, request, queryset):
+        by_cloud = {}
+        for mapping in queryset.select_related("cloud", "project"):
+            by_cloud.setdefault(mapping.cloud, []).append(mapping.project)
+        _sync_clouds(self, request, list(by_cloud.items()))

@@ -131,3 +131,99 @@ class PosixAccount(models.Model):
 
     def __str__(self):
         return f"{self.username}@{self.cluster}"
+
+
+# --------------------------------------------------------------- OpenStack
+
+
+class Cloud(models.Model):
+    """One region of an OpenStack cloud, reached through Keystone with the
+    portal's admin credentials (stored encrypted, never shown back). The
+    portal creates an OpenStack project per portal project there
+    (`CloudProject`) and pushes the project's limits to its quota sets."""
+
+    class AuthType(models.TextChoices):
+        PASSWORD = "password", "User name and password"
+        APPLICATION_CREDENTIAL = "application_credential", "Application credential"
+
+    name = models.SlugField(max_length=64, unique=True, help_text="Used in the API (`cloud`).")
+    site = models.CharField(max_length=200, blank=True, help_text="The site or institution running the cloud.")
+    enabled = models.BooleanField(default=True)
+    auth_url = models.URLField(max_length=255, help_text="Keystone v3 URL, e.g. https://keystone.example.org:5000/v3.")
+    auth_type = models.CharField(max_length=32, choices=AuthType.choices, default=AuthType.PASSWORD)
+    username = models.CharField(max_length=255, blank=True, help_text="Password authentication: an admin user.")
+    password = EncryptedTextField(blank=True, help_text="Password authentication (stored encrypted).")
+    user_domain_name = models.CharField(max_length=255, default="Default", blank=True)
+    project_name = models.CharField(
+        max_length=255, default="admin", blank=True,
+        help_text="Password authentication: the project the admin user is scoped to (where it has the admin role).",
+    )
+    project_domain_name = models.CharField(max_length=255, default="Default", blank=True)
+    application_credential_id = models.CharField(max_length=255, blank=True)
+    application_credential_secret = EncryptedTextField(
+        blank=True, help_text="Application credential authentication (stored encrypted)."
+    )
+    region = models.CharField(max_length=255, default="RegionOne")
+    default_network = models.CharField(
+        max_length=255, blank=True, help_text="Network new servers are attached to (empty: nova's automatic choice)."
+    )
+    external_network = models.CharField(
+        max_length=255, default="public", blank=True, help_text="External network floating IPs are allocated on."
+    )
+    project_name_prefix = models.CharField(
+        max_length=32, default="nephele-", blank=True,
+        help_text="OpenStack projects created by the portal are named <prefix><project slug>.",
+    )
+    project_domain_id = models.CharField(
+        max_length=64, default="default", help_text="Domain (id) the portal creates OpenStack projects in."
+    )
+    last_sync = models.DateTimeField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def get_absolute_url(self):
+        return reverse("admin:clusters_cloud_change", args=[self.pk])
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        errors = {}
+        if self.auth_type == self.AuthType.PASSWORD:
+            for name in ("username", "password", "project_name"):
+                if not getattr(self, name):
+                    errors[name] = "Required for password authentication."
+        else:
+            for name in ("application_credential_id", "application_credential_secret"):
+                if not getattr(self, name):
+                    errors[name] = "Required for application credential authentication."
+        if errors:
+            raise ValidationError(errors)
+
+    def openstack_project_name_for(self, project):
+        return f"{self.project_name_prefix}{project.slug}"
+
+
+class CloudProject(models.Model):
+    """The OpenStack project a portal project maps to on one cloud; created by
+    the portal (named `<prefix><slug>`) when missing, or set by staff."""
+
+    cloud = models.ForeignKey(Cloud, on_delete=models.CASCADE, related_name="cloud_projects")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="cloud_projects")
+    openstack_project_id = models.CharField(max_length=64, help_text="Keystone project id.")
+    openstack_project_name = models.CharField(max_length=64, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["cloud", "project"]
+        constraints = [
+            models.UniqueConstraint(fields=["cloud", "project"], name="cloud_project_unique"),
+            models.UniqueConstraint(fields=["cloud", "openstack_project_id"], name="cloud_project_unique_id"),
+        ]
+
+    def __str__(self):
+        return f"{self.project} -> {self.openstack_project_name or self.openstack_project_id}@{self.cloud}"

@@ -29,3 +29,23 @@ def sync_slurm_limits():
     for cluster in SlurmCluster.objects.filter(enabled=True):
         fixed += len(slurm_limits_sync(cluster=cluster))
     return fixed
+
+
+@shared_task
+def sync_openstack_quotas():
+    """Periodic: create missing OpenStack projects and push every active
+    project's limits to each enabled cloud's quota sets. A cloud that cannot
+    be reached is logged and skipped; returns the number of differences fixed."""
+    import logging
+
+    from .backends.base import BackendError
+    from .clouds import openstack_quotas_sync
+    from .models import Cloud
+
+    fixed = 0
+    for cloud in Cloud.objects.filter(enabled=True):
+        try:
+            fixed += sum(1 for d in openstack_quotas_sync(cloud) if not d.error)
+        except BackendError as exc:
+            logging.getLogger(__name__).warning("OpenStack quota sync of %s failed: %s", cloud.name, exc)
+    return fixed

@@ -11,7 +11,15 @@ from django.test import RequestFactory
 from django.urls import reverse
 from rest_framework.authtoken.models import Token
 
-from clusters.models import ClusterAccount, CommandNode, Partition, PosixAccount, SlurmCluster
+from clusters.models import (
+    ClusterAccount,
+    Cloud,
+    CloudProject,
+    CommandNode,
+    Partition,
+    PosixAccount,
+    SlurmCluster,
+)
 from jobs.models import Job, JobTemplate
 from projects import services
 from projects.models import Membership, Project, Quota, QuotaCorrection
@@ -38,6 +46,10 @@ def populated(cast):
     cluster = SlurmCluster.objects.create(name="hpc", ssh_user="nephele", ssh_private_key="k", known_hosts="h")
     CommandNode.objects.create(cluster=cluster, host="login1.example.org")
     Partition.objects.create(cluster=cluster, name="debug", is_default=True)
+    cloud = Cloud.objects.create(name="os", auth_url="http://keystone.example.org:5000/v3", username="admin",
+                                 password="not-shown")
+    CloudProject.objects.create(cloud=cloud, project=cast.alpha, openstack_project_id="0123abcd",
+                                openstack_project_name="nephele-alpha")
     from accounting.services import ingest_lines
 
     ingest_lines(cluster, ["1\x1fjob\x1falice\x1falpha\x1fdebug\x1fCOMPLETED\x1f0:0\x1f1\x1fcpu=1\x1f60\x1f60"
