@@ -26,6 +26,15 @@ class JobFilter(filters.FilterSet):
         fields = ["project", "cluster", "state"]
 
 
+STATE_FIELDS = ["state", "scheduler_id", "scheduler_state", "reason", "submitted_at", "started_at", "state_changed"]
+
+
+def _reread_state(job):
+    """An eager (or very fast) worker may have moved the job on already; one
+    query for the state fields, keeping the related objects we hold."""
+    job.refresh_from_db(fields=STATE_FIELDS)
+
+
 def _conflict(message):
     return Response({"detail": message}, status=status.HTTP_409_CONFLICT)
 
@@ -52,7 +61,7 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         job = services.job_create(
             owner=request.user, project=data.pop("project"), cluster=data.pop("cluster"), **data
         )
-        job.refresh_from_db()  # an eager submission has already moved it on
+        _reread_state(job)
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses={200: JobSerializer})
@@ -73,7 +82,7 @@ class JobViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     @action(detail=True, methods=["post"])
     def clone(self, request, pk=None):
         job = services.job_clone(job=self.get_object(), owner=request.user)
-        job.refresh_from_db()
+        _reread_state(job)
         return Response(JobSerializer(job).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
