@@ -208,7 +208,7 @@ class CloudAdmin(admin.ModelAdmin):
     search_fields = ["name", "site", "auth_url", "region"]
     readonly_fields = ["last_sync", "created"]
     inlines = [CloudProjectInline]
-    actions = ["sync_quotas"]
+    actions = ["sync_quotas", "sync_catalog"]
     fieldsets = [
         (None, {"fields": ["name", "site", "enabled", "region", "auth_url"]}),
         ("Admin credentials", {"fields": ["auth_type", "username", "password", "user_domain_name", "project_name",
@@ -242,3 +242,84 @@ class CloudProjectAdmin(admin.ModelAdmin):
         for mapping in queryset.select_related("cloud", "project"):
             by_cloud.setdefault(mapping.cloud, []).append(mapping.project)
         _sync_clouds(self, request, list(by_cloud.items()))
+
+
+# --------------------------------------------------------------------------- VM catalog
+
+from .models import Flavor, Image, ProfileFlavor, VMProfile  # noqa: E402
+
+
+@admin.action(description="Sync flavors and images")
+def sync_catalog(modeladmin, request, queryset):
+    from .catalog import catalog_sync
+
+    for cloud in queryset:
+        try:
+            counts = catalog_sync(cloud)
+        except BackendError as exc:
+            modeladmin.message_user(request, f"{cloud}: {exc}", messages.ERROR)
+            continue
+        modeladmin.message_user(
+            request,
+            f"{cloud}: {counts['flavors']} flavor(s) ({counts['flavors_created']} new, "
+            f"{counts['flavors_deleted']} gone), {counts['images']} image(s) ({counts['images_created']} new, "
+            f"{counts['images_deleted']} gone), {counts['profiles_mapped']} profile(s) mapped.",
+        )
+
+
+CloudAdmin.sync_catalog = sync_catalog
+
+
+class ProfileFlavorInline(admin.TabularInline):
+    model = ProfileFlavor
+    extra = 0
+    fields = ["cloud", "flavor_id", "flavor_name"]
+
+
+@admin.register(VMProfile)
+class VMProfileAdmin(admin.ModelAdmin):
+    list_display = ["name", "vcpus", "ram_mb", "disk_gb", "enabled", "clouds", "description"]
+    list_filter = ["enabled", "cloud_flavors__cloud"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["created"]
+    inlines = [ProfileFlavorInline]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("cloud_flavors__cloud")
+
+    @admin.display(description="mapped on")
+    def clouds(self, obj):
+        return ", ".join(m.cloud.name for m in obj.cloud_flavors.all()) or "-"
+
+
+class _SyncedAdmin(admin.ModelAdmin):
+    """Rows kept by the catalog sync: shown, never edited here."""
+
+    list_select_related = ["cloud"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(Flavor)
+class FlavorAdmin(_SyncedAdmin):
+    list_display = ["name", "cloud", "vcpus", "ram_mb", "disk_gb", "is_public", "seen_at"]
+    list_filter = ["cloud", "is_public", "vcpus"]
+    search_fields = ["name", "flavor_id"]
+
+
+@admin.register(Image)
+class ImageAdmin(_SyncedAdmin):
+    list_display = ["name", "cloud", "size_mb", "os_distro", "os_version", "visibility", "status", "seen_at"]
+    list_filter = ["cloud", "visibility", "status", "os_distro"]
+    search_fields = ["name", "image_id", "os_distro", "owner"]
+
+    @admin.display(description="size (MB)", ordering="size_bytes")
+    def size_mb(self, obj):
+        return "-" if obj.size_bytes is None else f"{obj.size_bytes / 2**20:.1f}"

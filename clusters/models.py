@@ -227,3 +227,99 @@ class CloudProject(models.Model):
 
     def __str__(self):
         return f"{self.project} -> {self.openstack_project_name or self.openstack_project_id}@{self.cloud}"
+
+
+# --------------------------------------------------------------------------- VM catalog
+
+
+class VMProfile(models.Model):
+    """A named offer researchers pick when launching a VM ("m1.large"),
+    mapped to a flavor on each cloud (`ProfileFlavor`). Its quota cost is
+    `cost()`: cores, RAM, disk and one instance."""
+
+    name = models.CharField(max_length=64, unique=True, help_text='Shown to researchers, e.g. "m1.large".')
+    description = models.CharField(max_length=200, blank=True)
+    vcpus = models.PositiveIntegerField(validators=[MinValueValidator(1)])
+    ram_mb = models.PositiveIntegerField(validators=[MinValueValidator(1)], help_text="RAM in MB.")
+    disk_gb = models.PositiveIntegerField(default=0, help_text="Root disk in GB.")
+    enabled = models.BooleanField(default=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["vcpus", "ram_mb", "name"]
+        verbose_name = "VM profile"
+
+    def __str__(self):
+        return self.name
+
+    def cost(self):
+        """The quota one VM of this profile takes, keyed by `projects.models.Resource` values."""
+        from projects.models import Resource
+
+        return {Resource.CORES.value: self.vcpus, Resource.RAM_MB.value: self.ram_mb,
+                Resource.DISK_GB.value: self.disk_gb, Resource.INSTANCES.value: 1}
+
+
+class ProfileFlavor(models.Model):
+    """The flavor a profile launches on one cloud (set by staff, or by the
+    catalog sync when a flavor has the profile's name)."""
+
+    cloud = models.ForeignKey(Cloud, on_delete=models.CASCADE, related_name="profile_flavors")
+    profile = models.ForeignKey(VMProfile, on_delete=models.CASCADE, related_name="cloud_flavors")
+    flavor_id = models.CharField(max_length=64, help_text="Nova flavor id on that cloud.")
+    flavor_name = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["cloud", "profile"]
+        constraints = [models.UniqueConstraint(fields=["cloud", "profile"], name="profile_flavor_unique")]
+
+    def __str__(self):
+        return f"{self.profile} -> {self.flavor_name or self.flavor_id}@{self.cloud}"
+
+
+class Flavor(models.Model):
+    """A nova flavor as last seen on a cloud (kept by `catalog.catalog_sync`)."""
+
+    cloud = models.ForeignKey(Cloud, on_delete=models.CASCADE, related_name="flavors")
+    flavor_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=255)
+    vcpus = models.PositiveIntegerField(default=0)
+    ram_mb = models.PositiveIntegerField(default=0)
+    disk_gb = models.PositiveIntegerField(default=0)
+    is_public = models.BooleanField(default=True)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["cloud", "vcpus", "ram_mb", "name"]
+        constraints = [models.UniqueConstraint(fields=["cloud", "flavor_id"], name="flavor_unique")]
+
+    def __str__(self):
+        return f"{self.name}@{self.cloud}"
+
+
+class Image(models.Model):
+    """A glance image as last seen on a cloud (kept by `catalog.catalog_sync`)."""
+
+    class Visibility(models.TextChoices):
+        PUBLIC = "public", "Public"
+        PRIVATE = "private", "Private"
+        SHARED = "shared", "Shared"
+        COMMUNITY = "community", "Community"
+
+    cloud = models.ForeignKey(Cloud, on_delete=models.CASCADE, related_name="images")
+    image_id = models.CharField(max_length=64)
+    name = models.CharField(max_length=255, blank=True)
+    os_distro = models.CharField(max_length=64, blank=True, help_text="The image's os_distro property.")
+    os_version = models.CharField(max_length=64, blank=True, help_text="The image's os_version property.")
+    size_bytes = models.BigIntegerField(null=True, blank=True)
+    visibility = models.CharField(max_length=16, choices=Visibility.choices, default=Visibility.PUBLIC)
+    owner = models.CharField(max_length=64, blank=True, help_text="Keystone id of the owning project.")
+    status = models.CharField(max_length=32, blank=True)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["cloud", "name"]
+        constraints = [models.UniqueConstraint(fields=["cloud", "image_id"], name="image_unique")]
+
+    def __str__(self):
+        return f"{self.name or self.image_id}@{self.cloud}"

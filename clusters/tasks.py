@@ -49,3 +49,28 @@ def sync_openstack_quotas():
         except BackendError as exc:
             logging.getLogger(__name__).warning("OpenStack quota sync of %s failed: %s", cloud.name, exc)
     return fixed
+
+
+@shared_task
+def sync_catalogs():
+    """Periodic: pull every enabled cloud's flavors and images into the
+    portal's catalog (`catalog.catalog_sync`). A cloud that cannot be reached
+    is logged and skipped; returns {cloud name: counts or error text}.
+
+    Beat entry (portal/settings.py, CELERY_BEAT_SCHEDULE):
+        "sync-openstack-catalogs": {"task": "clusters.tasks.sync_catalogs", "schedule": timedelta(hours=1)}
+    """
+    import logging
+
+    from .backends.base import BackendError
+    from .catalog import catalog_sync
+    from .models import Cloud
+
+    done = {}
+    for cloud in Cloud.objects.filter(enabled=True):
+        try:
+            done[cloud.name] = catalog_sync(cloud)
+        except BackendError as exc:
+            logging.getLogger(__name__).warning("OpenStack catalog sync of %s failed: %s", cloud.name, exc)
+            done[cloud.name] = str(exc)
+    return done

@@ -122,6 +122,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounting.tasks.ingest_all_clusters",
         "schedule": timedelta(minutes=10),
     },
+    "sync-openstack-catalogs": {
+        "task": "clusters.tasks.sync_catalogs",
+        "schedule": timedelta(hours=1),
+    },
     "sync-openstack-quotas": {
         "task": "clusters.tasks.sync_openstack_quotas",
         "schedule": timedelta(hours=1),

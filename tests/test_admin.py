@@ -50,6 +50,14 @@ def populated(cast):
                                  password="not-shown")
     CloudProject.objects.create(cloud=cloud, project=cast.alpha, openstack_project_id="0123abcd",
                                 openstack_project_name="nephele-alpha")
+    from clusters.models import Flavor, Image, ProfileFlavor, VMProfile
+
+    profile = VMProfile.objects.create(name="m1.small", vcpus=1, ram_mb=2048, disk_gb=20)
+    ProfileFlavor.objects.create(cloud=cloud, profile=profile, flavor_id="f-small", flavor_name="m1.small")
+    Flavor.objects.create(cloud=cloud, flavor_id="f-small", name="m1.small", vcpus=1, ram_mb=2048, disk_gb=20,
+                          seen_at="2026-01-01T00:00Z")
+    Image.objects.create(cloud=cloud, image_id="i-cirros", name="cirros", size_bytes=4096, status="active",
+                         seen_at="2026-01-01T00:00Z")
     from accounting.services import ingest_lines
 
     ingest_lines(cluster, ["1\x1fjob\x1falice\x1falpha\x1fdebug\x1fCOMPLETED\x1f0:0\x1f1\x1fcpu=1\x1f60\x1f60"
