@@ -217,6 +217,37 @@ def main():
     print(f"plain COPY into a bare table: {t_copy:6.2f} s  {copy_rate_:10,.0f} records/s")
     print(f"re-ingest of the same lines (no change): {t_again:.2f} s")
     print(f"ratio ingest/COPY: {ingest_rate / copy_rate_:.2f}  (target >= 0.50)")
+    report_page_timing(cluster)
+
+
+def report_page_timing(cluster):
+    """The project report page over these records (target: under 200 ms),
+    for the project with the most usage, as staff, through the full stack."""
+    import statistics
+
+    from django.contrib.auth import get_user_model
+    from django.db.models import Count
+    from django.test import Client
+
+    from accounting.models import UsageRecord
+    from projects.models import Project
+
+    top = (UsageRecord.objects.filter(cluster=cluster, project__isnull=False).values("project")
+           .annotate(n=Count("id")).order_by("-n").first())
+    project = Project.objects.get(pk=top["project"])
+    staff = get_user_model().objects.filter(username="benchstaff").first() or get_user_model().objects.create_user(
+        "benchstaff", email="benchstaff@example.org", is_staff=True)
+    client = Client()
+    client.force_login(staff)
+    url = f"/reports/projects/{project.slug}/?start=2026-01-01&end=2026-12-31"
+    timings = []
+    for _ in range(6):
+        t0 = time.perf_counter()
+        response = client.get(url)
+        timings.append(time.perf_counter() - t0)
+        assert response.status_code == 200, response.status_code
+    print(f"project report page ({top['n']:,} of the records in its project, a year's range): "
+          f"median {statistics.median(timings[1:]) * 1000:.0f} ms over 5 warm requests (target < 200 ms)")
 
 
 if __name__ == "__main__":
