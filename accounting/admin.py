@@ -1,18 +1,9 @@
 """Accounting in the admin: everything read-only (it comes from Slurm)."""
 from django.contrib import admin
 
+from portal.admin_utils import ReadOnlyAdmin
+
 from .models import DailyUsage, IngestWatermark, UsageRecord
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(UsageRecord)

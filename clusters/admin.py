@@ -2,6 +2,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 
+from portal.admin_utils import ReadOnlyAdmin
+
 from . import services
 from .backends.base import BackendError
 from .models import Cloud, CloudProject, ClusterAccount, CommandNode, Partition, PosixAccount, SlurmCluster
@@ -292,19 +294,10 @@ class VMProfileAdmin(admin.ModelAdmin):
         return ", ".join(m.cloud.name for m in obj.cloud_flavors.all()) or "-"
 
 
-class _SyncedAdmin(admin.ModelAdmin):
+class _SyncedAdmin(ReadOnlyAdmin):
     """Rows kept by the catalog sync: shown, never edited here."""
 
     list_select_related = ["cloud"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(Flavor)
