@@ -1,7 +1,6 @@
 """Cluster-side rules: which client talks to a cluster, partition sync,
 POSIX names, bwVisu-style JSON import/export."""
 import logging
-import re
 import time
 
 from django.core.exceptions import ValidationError
@@ -11,10 +10,9 @@ from django.utils import timezone
 from .backends.base import BackendUnavailable
 from .backends.slurm import SlurmClient
 from .backends.ssh import SSHPool, pool_for
-from .models import CommandNode, Partition, PosixAccount, SlurmCluster
+from .models import CommandNode, Partition, PosixAccount, SlurmCluster, posix_name
 
 log = logging.getLogger(__name__)
-POSIX_NAME = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
 
 def slurm_client(cluster):
@@ -56,7 +54,7 @@ def posix_accounts_from_claims(*, user, claims):
 
     claim = getattr(settings, "NEPHELE_POSIX_USERNAME_CLAIM", "")
     name = claims.get(claim) if claim else None
-    if not isinstance(name, str) or not POSIX_NAME.match(name) or name == "root":
+    if not isinstance(name, str) or not posix_name.regex.match(name) or name == "root":
         return []
     made = []
     for cluster in SlurmCluster.objects.filter(enabled=True).exclude(posix_accounts__user=user):

@@ -16,7 +16,7 @@ from projects.services import QuotaExceeded
 
 from . import selectors, services
 from .forms import JobComposeForm
-from .models import State
+from .models import Job, State
 
 JOB_SORTS = {"id": "pk", "name": "name", "state": "state", "project": "project__slug", "cluster": "cluster__name",
              "created": "created", "ended": "ended_at"}
@@ -106,10 +106,9 @@ def job_estimate(request):
             raise KeyError("time_limit_minutes")
     except KeyError:
         return HttpResponse('<span class="text-body-secondary">Fill in nodes, CPUs and time limit to see the cost.</span>')
-    from .models import array_task_count
-
-    tasks = max(array_task_count(data.get("array") or ""), 1)
-    estimate = -(-nodes * cpus * minutes * tasks // 60)
+    # The same estimate the job itself will reserve (Job.estimated_core_hours).
+    draft = Job(nodes=nodes, cpus=cpus, time_limit_minutes=minutes, array=data.get("array") or "")
+    estimate, tasks = draft.estimated_core_hours, max(draft.task_count, 1)
     quota = None
     if data.get("project"):
         quota = data["project"].quotas.filter(resource=Resource.CORE_HOURS).first()

@@ -7,7 +7,6 @@ test bed's own nephele-alpha/nephele-beta are never touched. The projects
 created are deleted at the end. What the portal set is checked through a
 separate openstacksdk admin connection, not through the portal's client.
 """
-import os
 import uuid
 
 import openstack
@@ -21,6 +20,7 @@ from clusters.models import Cloud, CloudProject
 from projects import services
 from projects.models import Quota
 from tests.conftest import make_user
+from tests.testbed import require_env
 
 NEEDED = ["OS_TEST_AUTH_URL", "OS_TEST_ADMIN_USER", "OS_TEST_ADMIN_PASSWORD", "OS_TEST_ADMIN_PROJECT",
           "OS_TEST_REGIONS"]
@@ -36,14 +36,7 @@ API_NAMES = {"cores": ("compute", "cores"), "ram_mb": ("compute", "ram"), "insta
 
 class Bed:
     def __init__(self):
-        missing = [n for n in NEEDED if not os.environ.get(n)]
-        if missing:
-            pytest.fail(
-                f"OpenStack test bed environment missing ({', '.join(missing)}): run `make test`, or "
-                "`scripts/openstack/testbed-openstack up` and source `scripts/openstack/testbed-openstack env`.",
-                pytrace=False,
-            )
-        e = os.environ
+        e = require_env("OpenStack", NEEDED)
         self.auth_url = e["OS_TEST_AUTH_URL"]
         self.user = e["OS_TEST_ADMIN_USER"]
         self.password = e["OS_TEST_ADMIN_PASSWORD"]

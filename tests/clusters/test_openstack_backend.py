@@ -19,6 +19,7 @@ from clusters.backends.base import (
     ServerRecord,
 )
 from clusters.backends.openstack import OpenStackClient, close_all
+from tests.testbed import require_env
 
 NEEDED = ["OS_TEST_AUTH_URL", "OS_TEST_ADMIN_USER", "OS_TEST_ADMIN_PASSWORD", "OS_TEST_ADMIN_PROJECT",
           "OS_TEST_USER", "OS_TEST_PASSWORD", "OS_TEST_PROJECTS", "OS_TEST_REGIONS", "OS_TEST_IMAGE",
@@ -28,14 +29,7 @@ RUN = uuid.uuid4().hex[:8]
 
 class Bed:
     def __init__(self):
-        missing = [n for n in NEEDED if not os.environ.get(n)]
-        if missing:
-            pytest.fail(
-                f"OpenStack test bed environment missing ({', '.join(missing)}): run `make test`, or "
-                "`scripts/openstack/testbed-openstack up` and source `scripts/openstack/testbed-openstack env`.",
-                pytrace=False,
-            )
-        e = os.environ
+        e = require_env("OpenStack", NEEDED)
         self.auth_url = e["OS_TEST_AUTH_URL"]
         self.regions = e["OS_TEST_REGIONS"].split(",")
         self.projects = e["OS_TEST_PROJECTS"].split(",")

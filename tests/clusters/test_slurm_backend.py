@@ -24,6 +24,7 @@ from clusters.backends.base import (
 )
 from clusters.backends.slurm import SlurmClient
 from clusters.backends.ssh import SSHPool
+from tests.testbed import require_env
 
 REPO = Path(__file__).resolve().parents[2]
 TESTBED = REPO / "scripts" / "slurm" / "testbed-slurm"
@@ -36,14 +37,7 @@ RUN = uuid.uuid4().hex[:8]
 
 class Bed:
     def __init__(self):
-        missing = [n for n in NEEDED if not os.environ.get(n)]
-        if missing:
-            pytest.fail(
-                f"Slurm test bed environment missing ({', '.join(missing)}): run `make test`, or "
-                "`scripts/testbed up` and source .testbed/env (plus `scripts/slurm/testbed-slurm env`).",
-                pytrace=False,
-            )
-        e = os.environ
+        e = require_env("Slurm", NEEDED)
         self.host = e["SLURM_TEST_HOST"]
         self.ports = [int(p) for p in e["SLURM_TEST_PORTS"].split(",")]
         self.user = e["SLURM_TEST_SSH_USER"]

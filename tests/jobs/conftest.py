@@ -4,7 +4,6 @@ bob -> bert (beta). amy has no POSIX name (names are unique per cluster).
 
 Jobs submitted here really run on the cluster; celery is eager, so
 job_create submits inline."""
-import os
 import time
 from pathlib import Path
 
@@ -13,16 +12,14 @@ import pytest
 from clusters.models import ClusterAccount, CommandNode, PosixAccount, SlurmCluster
 from clusters.services import partitions_sync
 from projects import services as project_services
+from tests.testbed import require_env
 
 NEEDED = ["SLURM_TEST_HOST", "SLURM_TEST_PORTS", "SLURM_TEST_SSH_USER", "SLURM_TEST_SSH_KEY",
           "SLURM_TEST_KNOWN_HOSTS", "SLURM_TEST_SLURM_CONF", "SLURM_TEST_WORK_PREFIX"]
 
 
 def bed_env():
-    missing = [n for n in NEEDED if not os.environ.get(n)]
-    if missing:
-        pytest.fail(f"Slurm test bed environment missing ({', '.join(missing)}): run `make test`.", pytrace=False)
-    return os.environ
+    return require_env("Slurm", NEEDED)
 
 
 @pytest.fixture
