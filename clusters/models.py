@@ -323,3 +323,14 @@ class Image(models.Model):
 
     def __str__(self):
         return f"{self.name or self.image_id}@{self.cloud}"
+
+
+# Servers, volumes, floating IPs and SSH keys live in their own module.
+from .vm_models import (  # noqa: E402,F401
+    FloatingIP,
+    Server,
+    ServerEvent,
+    ServerInterval,
+    SSHKey,
+    Volume,
+)

@@ -122,6 +122,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounting.tasks.ingest_all_clusters",
         "schedule": timedelta(minutes=10),
     },
+    "sync-openstack-servers": {
+        "task": "clusters.tasks.sync_clouds",
+        "schedule": timedelta(seconds=env.int("CLOUD_SYNC_SECONDS", default=60)),
+    },
     "sync-openstack-catalogs": {
         "task": "clusters.tasks.sync_catalogs",
         "schedule": timedelta(hours=1),

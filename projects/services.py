@@ -17,7 +17,7 @@ from django.template.loader import render_to_string
 from django.utils import timezone
 
 from . import tasks
-from .models import Invitation, MemberUsage, Membership, Project, Quota, Resource
+from .models import RESOURCE_ORDER, Invitation, MemberUsage, Membership, Project, Quota, Resource
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +332,44 @@ def quota_settle(*, project, user, resource, reserved, actual):
     _check_amount(actual)
     quota, share = _locked(project, resource, user)
     return _move(quota, share, reserved=-reserved, used=actual)
+
+
+@transaction.atomic
+def quota_reserve_many(*, project, user, amounts):
+    """Claim several resources at once ({resource: amount}, e.g. a server's
+    cores, RAM, disk and instance): all or none. Rows are locked in one
+    fixed order, so concurrent callers never deadlock; the first resource
+    over its limit raises QuotaExceeded and nothing is reserved."""
+    wanted = {r: a for r, a in amounts.items() if a}
+    for amount in wanted.values():
+        _check_amount(amount)
+    locked = []
+    for resource in sorted(wanted, key=lambda r: RESOURCE_ORDER.get(r, 99)):
+        quota, share = _locked(project, resource, user)
+        amount = wanted[resource]
+        if quota.consumed + amount > quota.limit:
+            raise QuotaExceeded(quota=quota, requested=amount, scope="project", current=quota.consumed,
+                                limit=quota.limit)
+        if quota.per_member_limit is not None and share.consumed + amount > quota.per_member_limit:
+            raise QuotaExceeded(quota=quota, requested=amount, scope="member", current=share.consumed,
+                                limit=quota.per_member_limit)
+        locked.append((quota, share, amount))
+    for quota, share, amount in locked:
+        _move(quota, share, reserved=amount)
+    return wanted
+
+
+@transaction.atomic
+def quota_move_many(*, project, user, reserved=None, used=None):
+    """Shift several counters in one transaction: `reserved` and `used` are
+    {resource: delta} (negative gives back). Used by records that hold
+    quota (servers, volumes, floating IPs) to commit, settle and release."""
+    reserved, used = reserved or {}, used or {}
+    for resource in sorted(set(reserved) | set(used), key=lambda r: RESOURCE_ORDER.get(r, 99)):
+        if not reserved.get(resource) and not used.get(resource):
+            continue
+        quota, share = _locked(project, resource, user)
+        _move(quota, share, reserved=reserved.get(resource, 0), used=used.get(resource, 0))
 
 
 # --- Claims ----------------------------------------------------------------------

@@ -180,6 +180,7 @@ class ServerRecord:
     created: str = ""
     updated: str = ""
     project_id: str = ""
+    metadata: dict = field(default_factory=dict)
 
     @property
     def fixed_ips(self):

@@ -286,6 +286,19 @@ class OpenStackClient:
             return KeypairRecord(name=kp.name, fingerprint=kp.fingerprint or "",
                                  public_key=kp.public_key or "", private_key=kp.private_key or "")
 
+    def ensure_keypair(self, name, public_key):
+        """The keypair `name` with exactly this public key: created when
+        missing, replaced when its key differs (nova cannot update one)."""
+        with _api(f"ensure keypair {name}"):
+            c = self.conn.compute
+            kp = c.find_keypair(name, ignore_missing=True)
+            if kp is not None and " ".join((kp.public_key or "").split()[:2]) == " ".join(public_key.split()[:2]):
+                return KeypairRecord(name=kp.name, fingerprint=kp.fingerprint or "", public_key=kp.public_key or "")
+            if kp is not None:
+                c.delete_keypair(name, ignore_missing=True)
+            kp = c.create_keypair(name=name, public_key=public_key)
+            return KeypairRecord(name=kp.name, fingerprint=kp.fingerprint or "", public_key=kp.public_key or "")
+
     def delete_keypair(self, name):
         """Idempotent: a missing keypair is not an error."""
         with _api(f"delete keypair {name}"):
@@ -293,7 +306,7 @@ class OpenStackClient:
 
     # -------------------------------------------------------------- servers
 
-    def create_server(self, name, flavor, image, key_name=None, user_data=None, network=None):
+    def create_server(self, name, flavor, image, key_name=None, user_data=None, network=None, metadata=None):
         """Boot a server; returns its id at once (status BUILD). `flavor`,
         `image`, `network`: names or ids; no network = nova's "auto" (the
         project's only network); "none" = no network at all. A quota refusal raises `QuotaRefused`; a
@@ -310,7 +323,7 @@ class OpenStackClient:
             if network in ("none", "auto"):
                 networks = network
             elif network:
-                net = self.conn.network.find_network(network, ignore_missing=True)
+                net = self._find_network(network)
                 if net is None:
                     raise NotFound(f"network {network!r} not found")
                 networks = [{"uuid": net.id}]
@@ -319,10 +332,19 @@ class OpenStackClient:
             kw = {"name": name, "flavor_id": fl.id, "image_id": im.id, "networks": networks}
             if key_name:
                 kw["key_name"] = key_name
+            if metadata:
+                kw["metadata"] = {str(k): str(v) for k, v in metadata.items()}
             if user_data:
                 raw = user_data.encode() if isinstance(user_data, str) else user_data
                 kw["user_data"] = base64.b64encode(raw).decode()
             return c.create_server(**kw).id
+
+    def _find_network(self, network):
+        """`network` (name or id) of this project, else a shared one: an
+        admin-scoped token sees every project's networks, and names repeat."""
+        n = self.conn.network
+        return (n.find_network(network, ignore_missing=True, project_id=self.project_id)
+                or n.find_network(network, ignore_missing=True, is_shared=True))
 
     def get_server(self, server_id):
         with _api(f"get server {server_id}"):
@@ -397,6 +419,7 @@ class OpenStackClient:
             created=s.created_at or "",
             updated=s.updated_at or "",
             project_id=s.project_id or "",
+            metadata=dict(s.metadata or {}),
         )
 
     # -------------------------------------------------------------- volumes

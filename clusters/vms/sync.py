@@ -1,0 +1,133 @@
+"""The periodic mirror of each cloud, the quota recount of VM resources,
+and the tenant-filtered reads pages and the API start from."""
+
+from projects.models import Project, Resource
+
+from ..catalog import images_for, profiles_offered
+from ..clouds import openstack_client
+from ..vm_models import FloatingIP, Server, SSHKey, Volume
+from .common import S, V
+from .servers import _mark_server_deleted, server_apply
+from .volumes import _mark_volume_deleted, volume_apply
+
+
+# --------------------------------------------------------------------------- periodic sync
+
+
+def cloud_sync(cloud):
+    """Mirror every live server and volume of `cloud`: one server list and
+    one volume list call per OpenStack project, never one call per record.
+    Records the cloud no longer lists are marked deleted (deleted outside
+    the portal) and give their quota back. Returns counts."""
+    counts = {"servers": 0, "volumes": 0, "servers_gone": 0, "volumes_gone": 0}
+    live_servers = Server.objects.filter(cloud=cloud).exclude(state=S.DELETED).exclude(openstack_id="")
+    live_volumes = Volume.objects.filter(cloud=cloud).exclude(state=V.DELETED).exclude(openstack_id="")
+    projects = set(live_servers.values_list("project_id", flat=True)) | set(
+        live_volumes.values_list("project_id", flat=True))
+    for project in Project.objects.filter(pk__in=projects):
+        # snapshot first: records given an id after this point may be missing from the lists below
+        servers = {s.openstack_id: s.pk for s in live_servers.filter(project=project)}
+        volumes = {v.openstack_id: v.pk for v in live_volumes.filter(project=project)}
+        client = openstack_client(cloud, project)
+        if servers:
+            listed = {rec.id: rec for rec in client.list_servers()}
+            for openstack_id, pk in servers.items():
+                rec = listed.get(openstack_id)
+                if rec is None:
+                    _mark_server_deleted(Server.objects.get(pk=pk), "Deleted outside the portal")
+                    counts["servers_gone"] += 1
+                else:
+                    server_apply(server_id=pk, rec=rec)
+                    counts["servers"] += 1
+        if volumes:
+            listed = {rec.id: rec for rec in client.list_volumes()}
+            for openstack_id, pk in volumes.items():
+                rec = listed.get(openstack_id)
+                if rec is None:
+                    _mark_volume_deleted(Volume.objects.get(pk=pk), "Deleted outside the portal")
+                    counts["volumes_gone"] += 1
+                else:
+                    volume_apply(volume_id=pk, rec=rec)
+                    counts["volumes"] += 1
+    return counts
+
+
+# --------------------------------------------------------------------------- recount
+
+
+def _held(model, project, resources):
+    """{user_id: (used, reserved)} per resource, from the records' holdings."""
+    per = {r: {} for r in resources}
+    rows = model.objects.filter(project=project).values_list("owner_id", "quota_used", "quota_reserved")
+    for owner_id, used, reserved in rows:
+        for r in resources:
+            u, res = (used or {}).get(r, 0), (reserved or {}).get(r, 0)
+            if u or res:
+                cur = per[r].get(owner_id, (0, 0))
+                per[r][owner_id] = (cur[0] + u, cur[1] + res)
+    return per
+
+
+def _recounter(resource, models_):
+    def recount(project):
+        total = {}
+        for model in models_:
+            for user_id, (u, r) in _held(model, project, [resource])[resource].items():
+                cur = total.get(user_id, (0, 0))
+                total[user_id] = (cur[0] + u, cur[1] + r)
+        return total
+    return recount
+
+
+def register_recounters():
+    """The VM resources are recounted from what servers, volumes and
+    floating IPs hold (projects.quota_requests.quota_recount)."""
+    from projects.quota_requests import register_recounter
+
+    for resource in (Resource.CORES, Resource.RAM_MB, Resource.DISK_GB, Resource.INSTANCES):
+        register_recounter(resource.value, _recounter(resource.value, [Server]))
+    for resource in (Resource.VOLUMES, Resource.VOLUME_GB):
+        register_recounter(resource.value, _recounter(resource.value, [Volume]))
+    register_recounter(Resource.FLOATING_IPS.value, _recounter(Resource.FLOATING_IPS.value, [FloatingIP]))
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def servers_visible_to(user):
+    """Members see their own servers, managers all of their projects', staff everything."""
+    from django.db.models import Q
+
+    if not user.is_authenticated:
+        return Server.objects.none()
+    qs = Server.objects.select_related("project", "owner", "cloud", "profile")
+    if user.is_staff:
+        return qs
+    managed = user.memberships.filter(role="manager").values("project_id")
+    member_of = user.memberships.values("project_id")
+    return qs.filter(Q(owner=user, project_id__in=member_of) | Q(project_id__in=managed))
+
+
+def volumes_visible_to(user):
+    from django.db.models import Q
+
+    if not user.is_authenticated:
+        return Volume.objects.none()
+    qs = Volume.objects.select_related("project", "owner", "cloud", "server")
+    if user.is_staff:
+        return qs
+    managed = user.memberships.filter(role="manager").values("project_id")
+    member_of = user.memberships.values("project_id")
+    return qs.filter(Q(owner=user, project_id__in=member_of) | Q(project_id__in=managed))
+
+
+def ssh_keys_of(user):
+    return SSHKey.objects.filter(owner=user)
+
+
+def image_choices(cloud, project):
+    return images_for(cloud, project)
+
+
+def profile_choices(cloud):
+    return profiles_offered(cloud)
