@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from clusters.vms import RequestRefused
 from projects.services import QuotaExceeded
 
 
@@ -20,6 +21,8 @@ def exception_handler(exc, context):
         return Response(data, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, QuotaExceeded):
         return Response({"quota": exc.as_dict()}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, RequestRefused):  # an action the record's state does not allow
+        return Response({"detail": str(exc)}, status=status.HTTP_409_CONFLICT)
     return drf_exception_handler(exc, context)
 
 

@@ -14,6 +14,7 @@ api_v1 = [
     path("", include("projects.api_urls")),
     path("", include("jobs.api_urls")),
     path("", include("accounting.api_urls")),
+    path("", include("clusters.vm_api_urls")),
 ]
 
 urlpatterns = [
@@ -21,6 +22,7 @@ urlpatterns = [
     path("projects/", include("projects.urls")),
     path("jobs/", include("jobs.urls")),
     path("clusters/", include("clusters.urls")),
+    path("", include("clusters.vm_urls")),
     path("reports/", include("accounting.urls")),
     path("invitations/<str:token>/", project_views.invitation_accept, name="invitation"),
     # One login page for everything: the admin's own form would bypass the

@@ -1,0 +1,2 @@
+"""/api/v1/servers/ and /api/v1/volumes/."""
+urlpatterns = []
