@@ -1,0 +1,185 @@
+"""Servers, volumes and floating IPs through the portal's services against
+the REAL OpenStack test bed (nova's fake driver, neutron, cinder's fake
+driver): each step checks the state the portal shows, the quota counters,
+and what OpenStack itself holds (read through a separate admin connection)."""
+import time
+
+import pytest
+from django.test import TestCase
+
+from clusters import vms
+from clusters.backends.openstack import OpenStackClient
+from clusters.clouds import cloud_auth
+from clusters.models import Server, Volume
+from projects import services
+from projects.models import Quota
+from projects.quota_requests import quota_recount
+from projects.services import QuotaExceeded
+
+from .vmbed import os_bed, vmbed  # noqa: F401 - fixtures
+
+
+def counters(project):
+    return {q.resource: (q.used, q.reserved) for q in Quota.objects.filter(project=project) if q.used or q.reserved}
+
+
+def cloud_servers(v):
+    """The servers OpenStack has in the project, by the admin connection."""
+    pid = v.project.cloud_projects.get(cloud=v.cloud).openstack_project_id
+    return list(v.bed.sdk().compute.servers(all_projects=True, project_id=pid))
+
+
+def create(v, name, **extra):
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return vms.server_request(owner=v.member, project=v.project, cloud=v.cloud, profile=extra.pop("profile", v.small),
+                                  image=v.image, name=name, **extra)
+
+
+def act(fn, **kwargs):
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return fn(**kwargs)
+
+
+def test_a_server_from_boot_to_delete_keeps_every_counter_exact(vmbed):
+    v = vmbed
+    server = create(v, "life", floating_ip=True, volume_gb=2)
+    held = counters(v.project)  # the volume may already be created (eager tasks): used or reserved
+    assert {k: sum(held[k]) for k in held} == {"cores": 1, "ram_mb": 2048, "disk_gb": 20, "instances": 1,
+                                               "floating_ips": 1, "volumes": 1, "volume_gb": 2}
+    assert held["cores"] == (0, 1)  # nova has not confirmed the server yet
+    server = v.wait_server(server, ["active"])
+    assert counters(v.project) == {"cores": (1, 0), "ram_mb": (2048, 0), "disk_gb": (20, 0), "instances": (1, 0),
+                                   "floating_ips": (1, 0), "volumes": (1, 0), "volume_gb": (2, 0)}
+    volume = server.volumes.get()
+    assert volume.state == "in_use" and volume.device.startswith("/dev/")
+    fip = server.floating_ip_set.get()
+    assert fip.state == "allocated" and fip.address
+    deadline = time.monotonic() + 30  # neutron tells nova about the floating IP a few seconds later
+    while fip.address not in server.floating_ips() and time.monotonic() < deadline:
+        time.sleep(1)
+        server = vms.server_refresh(server_id=server.pk)
+    assert fip.address in server.floating_ips() and server.fixed_ips()
+    (os_server,) = cloud_servers(v)
+    assert os_server.id == server.openstack_id and os_server.metadata["nephele_uid"] == str(server.uid)
+
+    act(vms.server_resize_request, server=server, profile=v.medium, actor=v.member)
+    server = v.wait_server(server, ["active"])
+    assert server.profile == v.medium
+    assert counters(v.project)["cores"] == (2, 0) and counters(v.project)["disk_gb"] == (40, 0)
+    assert v.bed.sdk().compute.get_server(server.openstack_id).flavor.original_name == "m1.medium"
+
+    act(vms.server_action_request, server=server, action="stop", actor=v.member)
+    server = v.wait_server(server, ["shutoff"])
+    act(vms.server_action_request, server=server, action="start", actor=v.manager)
+    server = v.wait_server(server, ["active"])
+    act(vms.server_action_request, server=server, action="reboot", actor=v.member)
+    server = v.wait_server(server, ["active"])
+    assert [(i.profile.name, i.running) for i in server.intervals.all()] == [
+        ("m1.small", True), ("m1.medium", True), ("m1.medium", False), ("m1.medium", True)]
+    assert quota_recount(project=v.project) == []
+
+    act(vms.server_delete_request, server=server, actor=v.member)
+    server = v.wait_server(server, ["deleted"])
+    assert cloud_servers(v) == []
+    # the volume stays (detached, still counted); the floating IP went with the server
+    assert counters(v.project) == {"volumes": (1, 0), "volume_gb": (2, 0)}
+    volume = v.wait_volume(volume, ["available"])
+    assert volume.server is None and volume.device == ""
+    messages = list(server.events.values_list("message", flat=True))
+    assert any("Resized" in m for m in messages) and any("Delete requested" in m for m in messages)
+
+    act(vms.volume_delete_request, volume=volume, actor=v.member)
+    v.wait_volume(volume, ["deleted"])
+    assert counters(v.project) == {}
+
+
+def test_over_the_portals_quota_nothing_reaches_openstack(vmbed):
+    v = vmbed
+    services.quota_set(project=v.project, resource="cores", limit=1)
+    create(v, "fits")
+    with pytest.raises(QuotaExceeded) as refused:
+        create(v, "too-many")
+    assert "vCPU cores" in str(refused.value) and "limit of 1" in str(refused.value)
+    assert [s.name for s in cloud_servers(v)] == ["fits"]
+    assert Server.objects.filter(project=v.project).count() == 1
+
+
+def test_openstacks_own_refusal_is_shown_and_gives_the_reservation_back(vmbed):
+    """The cloud's quota is lower than the portal's (staff changed it there):
+    nova answers 403 and the user sees its message."""
+    v = vmbed
+    pid = v.project.cloud_projects.get(cloud=v.cloud).openstack_project_id
+    sdk = v.bed.sdk()
+    sdk.compute.put(f"/os-quota-sets/{pid}", json={"quota_set": {"cores": 0, "force": True}})
+    try:
+        server = create(v, "refused")
+    finally:
+        sdk.compute.put(f"/os-quota-sets/{pid}", json={"quota_set": {"cores": 20}})
+    server.refresh_from_db()
+    assert server.state == "error" and "Quota exceeded for cores" in server.fault
+    assert counters(v.project) == {}
+    assert cloud_servers(v) == []
+
+
+def test_a_retried_boot_adopts_the_server_it_already_made(vmbed):
+    """The worker died after nova accepted the server: the retry finds it by
+    the uid in its metadata and does not boot a second one."""
+    v = vmbed
+    with TestCase.captureOnCommitCallbacks(execute=False):  # recorded, not booted
+        server = vms.server_request(owner=v.member, project=v.project, cloud=v.cloud, profile=v.small,
+                                    image=v.image, name="once")
+    client = vms.common._client(server)
+    first_id = client.create_server("once", v.small.cloud_flavors.get().flavor_id, v.image.image_id,
+                                    network="private", metadata={"nephele_uid": str(server.uid)})
+
+    server = vms.server_boot_run(server_id=server.pk)
+    assert server.openstack_id == first_id
+    assert len(cloud_servers(v)) == 1
+    assert v.wait_server(server, ["active"]).state == "active"
+
+
+def test_the_periodic_sync_lists_once_per_project_and_notices_deletions_outside(vmbed, monkeypatch):
+    v = vmbed
+    a, b = create(v, "sync-a"), create(v, "sync-b")
+    a, b = v.wait_server(a, ["active"]), v.wait_server(b, ["active"])
+    v.bed.sdk().compute.delete_server(a.openstack_id)  # staff delete it in Horizon
+    deadline = time.monotonic() + 30
+    while any(s.id == a.openstack_id for s in cloud_servers(v)) and time.monotonic() < deadline:
+        time.sleep(1)
+
+    calls = []
+    for name in ("list_servers", "get_server", "list_volumes"):
+        real = getattr(OpenStackClient, name)
+        monkeypatch.setattr(OpenStackClient, name,
+                            lambda self, *args, _real=real, _name=name: calls.append(_name) or _real(self, *args))
+    counts = vms.cloud_sync(v.cloud)
+
+    assert calls == ["list_servers"]
+    assert counts["servers"] == 1 and counts["servers_gone"] == 1
+    a.refresh_from_db()
+    assert a.state == "deleted" and "outside the portal" in a.events.first().message
+    assert counters(v.project)["instances"] == (1, 0) and counters(v.project)["cores"] == (1, 0)
+
+
+def test_a_volume_on_its_own_attaches_and_detaches(vmbed):
+    v = vmbed
+    server = v.wait_server(create(v, "host"), ["active"])
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        volume = vms.volume_request(owner=v.member, project=v.project, cloud=v.cloud, name="data", size_gb=3)
+    volume = v.wait_volume(volume, ["available"])
+    assert counters(v.project)["volume_gb"] == (3, 0)
+    assert v.bed.sdk().block_storage.get_volume(volume.openstack_id).size == 3
+
+    act(vms.volume_attach_request, volume=volume, server=server, actor=v.member)
+    volume = v.wait_volume(volume, ["in_use"])
+    assert volume.server == server and volume.device.startswith("/dev/")
+    with pytest.raises(vms.RequestRefused, match="attached"):
+        vms.volume_delete_request(volume=volume, actor=v.member)
+
+    act(vms.volume_detach_request, volume=volume, actor=v.member)
+    volume = v.wait_volume(volume, ["available"])
+    assert volume.server is None and volume.device == ""
+    act(vms.volume_delete_request, volume=volume, actor=v.member)
+    volume = v.wait_volume(volume, ["deleted"])
+    assert "volume_gb" not in counters(v.project)
+    assert Volume.objects.get(pk=volume.pk).deleted_at is not None
