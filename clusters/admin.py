@@ -210,7 +210,7 @@ class CloudAdmin(admin.ModelAdmin):
     search_fields = ["name", "site", "auth_url", "region"]
     readonly_fields = ["last_sync", "created"]
     inlines = [CloudProjectInline]
-    actions = ["sync_quotas", "sync_catalog"]
+    actions = ["sync_quotas", "sync_catalog", "sync_servers"]
     fieldsets = [
         (None, {"fields": ["name", "site", "enabled", "region", "auth_url"]}),
         ("Admin credentials", {"fields": ["auth_type", "username", "password", "user_domain_name", "project_name",
@@ -316,3 +316,8 @@ class ImageAdmin(_SyncedAdmin):
     @admin.display(description="size (MB)", ordering="size_bytes")
     def size_mb(self, obj):
         return "-" if obj.size_bytes is None else f"{obj.size_bytes / 2**20:.1f}"
+
+
+from .vm_admin import sync_servers  # noqa: E402 - the VM screens register themselves
+
+CloudAdmin.sync_servers = sync_servers

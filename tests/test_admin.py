@@ -32,6 +32,9 @@ def url(model, view, *args):
     return reverse(f"admin:{model._meta.app_label}_{model._meta.model_name}_{view}", args=args)
 
 
+ED25519_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl alice@laptop"
+
+
 @pytest.fixture
 def populated(cast):
     """At least one object of every registered model."""
@@ -58,6 +61,20 @@ def populated(cast):
                           seen_at="2026-01-01T00:00Z")
     Image.objects.create(cloud=cloud, image_id="i-cirros", name="cirros", size_bytes=4096, status="active",
                          seen_at="2026-01-01T00:00Z")
+    from clusters.models import FloatingIP, Server, ServerEvent, ServerInterval, SSHKey, Volume
+
+    key = SSHKey(owner=cast.alice, name="laptop", public_key=ED25519_KEY)
+    key.full_clean()
+    key.save()
+    server = Server.objects.create(project=cast.alpha, owner=cast.alice, cloud=cloud, name="web", profile=profile,
+                                   image_ref="i-cirros", image_name="cirros", ssh_key=key, openstack_id="s-1",
+                                   state="active", addresses={"private": [{"addr": "10.0.0.5", "type": "fixed"}]})
+    ServerEvent.objects.create(server=server, kind="state", message="Active")
+    ServerInterval.objects.create(server=server, profile=profile, running=True, started="2026-01-01T00:00Z")
+    Volume.objects.create(project=cast.alpha, owner=cast.alice, cloud=cloud, name="data", size_gb=5, server=server,
+                          device="/dev/vdb", state="in_use", openstack_id="v-1")
+    FloatingIP.objects.create(project=cast.alpha, owner=cast.alice, cloud=cloud, server=server,
+                              address="203.0.113.9", state="allocated", openstack_id="f-1")
     from accounting.services import ingest_lines
 
     ingest_lines(cluster, ["1\x1fjob\x1falice\x1falpha\x1fdebug\x1fCOMPLETED\x1f0:0\x1f1\x1fcpu=1\x1f60\x1f60"

@@ -183,3 +183,21 @@ def test_a_volume_on_its_own_attaches_and_detaches(vmbed):
     volume = v.wait_volume(volume, ["deleted"])
     assert "volume_gb" not in counters(v.project)
     assert Volume.objects.get(pk=volume.pk).deleted_at is not None
+
+
+def test_staff_force_delete_a_protected_server_from_the_admin(vmbed, client):
+    v = vmbed
+    server = v.wait_server(create(v, "guarded"), ["active"])
+    vms.server_protect(server=server, protected=True, actor=v.member)
+    client.force_login(v.staff)
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = client.post("/admin/clusters/server/", {"action": "force_delete", "_selected_action": [server.pk]},
+                               follow=True)
+    assert response.status_code == 200 and "Deletion started: 1 of 1" in response.content.decode()
+    server = v.wait_server(server, ["deleted"])
+    assert cloud_servers(v) == [] and counters(v.project) == {}
+
+    response = client.post("/admin/clusters/cloud/", {"action": "sync_servers", "_selected_action": [v.cloud.pk]},
+                           follow=True)
+    assert "0 server(s) and 0 volume(s) in step" in response.content.decode()
