@@ -152,37 +152,69 @@ class CommandNodeAdmin(admin.ModelAdmin):
 CLOUD_SECRETS = ("password", "application_credential_secret")
 
 
-class CloudForm(forms.ModelForm):
-    """Like SlurmClusterForm: the stored password and application credential
-    secret are never rendered back; leaving them empty keeps them."""
+class _KeepSecretsForm(forms.ModelForm):
+    """Like SlurmClusterForm: stored secrets are never rendered back;
+    leaving them empty keeps them."""
 
-    class Meta:
-        model = Cloud
-        fields = "__all__"
-        widgets = {name: forms.PasswordInput(render_value=False) for name in CLOUD_SECRETS}
+    secrets = ()
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.instance.pk:
-            for name in CLOUD_SECRETS:
-                if getattr(self.instance, name):
-                    self.fields[name].help_text += " Stored; leave empty to keep it."
+        for name in self.secrets:
+            self.fields[name].widget = forms.PasswordInput(render_value=False)
+            if self.instance.pk and getattr(self.instance, name):
+                self.fields[name].help_text += " Stored; leave empty to keep it."
 
     def clean(self):
         data = super().clean()
         if self.instance.pk:
             stored = type(self.instance).objects.get(pk=self.instance.pk)
-            for name in CLOUD_SECRETS:
+            for name in self.secrets:
                 if not data.get(name):
                     data[name] = getattr(stored, name)
+                    setattr(self.instance, name, data[name])
         return data
+
+
+class CloudForm(_KeepSecretsForm):
+    """The cloud's admin credentials; a clouds.yaml entry is checked to exist."""
+
+    secrets = CLOUD_SECRETS
+
+    class Meta:
+        model = Cloud
+        fields = "__all__"
+
+    def clean(self):
+        data = super().clean()
+        if data.get("auth_type") == Cloud.AuthType.CLOUDS_YAML and data.get("clouds_yaml_entry"):
+            from django.conf import settings
+
+            from .backends.base import InvalidRequest
+            from .backends.openstack import auth_from_clouds_yaml
+
+            try:
+                auth_from_clouds_yaml(settings.NEPHELE_CLOUDS_YAML, data["clouds_yaml_entry"])
+            except InvalidRequest as exc:
+                self.add_error("clouds_yaml_entry", str(exc))
+        return data
+
+
+class CloudProjectForm(_KeepSecretsForm):
+    secrets = ("application_credential_secret",)
+
+    class Meta:
+        model = CloudProject
+        fields = "__all__"
 
 
 class CloudProjectInline(admin.TabularInline):
     model = CloudProject
+    form = CloudProjectForm
     extra = 0
     autocomplete_fields = ["project"]
-    fields = ["project", "openstack_project_name", "openstack_project_id", "created"]
+    fields = ["project", "openstack_project_name", "openstack_project_id", "application_credential_id",
+              "application_credential_secret", "created"]
     readonly_fields = ["created"]
 
 
@@ -215,7 +247,7 @@ class CloudAdmin(admin.ModelAdmin):
         (None, {"fields": ["name", "site", "enabled", "region", "auth_url"]}),
         ("Admin credentials", {"fields": ["auth_type", "username", "password", "user_domain_name", "project_name",
                                           "project_domain_name", "application_credential_id",
-                                          "application_credential_secret"]}),
+                                          "application_credential_secret", "clouds_yaml_entry"]}),
         ("Networks", {"fields": ["default_network", "external_network"]}),
         ("Projects", {"fields": ["project_name_prefix", "project_domain_id", "last_sync", "created"]}),
     ]
@@ -231,6 +263,7 @@ class CloudAdmin(admin.ModelAdmin):
 
 @admin.register(CloudProject)
 class CloudProjectAdmin(admin.ModelAdmin):
+    form = CloudProjectForm
     list_display = ["project", "cloud", "openstack_project_name", "openstack_project_id", "created"]
     list_filter = ["cloud"]
     search_fields = ["project__slug", "project__name", "openstack_project_name", "openstack_project_id"]

@@ -61,33 +61,55 @@ class QuotaDifference:
 
 
 def cloud_auth(cloud):
-    """The clouds.yaml-style `auth` dict of the cloud's admin credentials."""
+    """The clouds.yaml-style `auth` dict of the cloud's admin credentials:
+    password (re-scoped to each project the portal acts in), application
+    credential (its own project only), or a named clouds.yaml entry."""
+    if cloud.auth_type == Cloud.AuthType.CLOUDS_YAML:
+        from django.conf import settings
+
+        from .backends.openstack import auth_from_clouds_yaml
+
+        auth, _ = auth_from_clouds_yaml(settings.NEPHELE_CLOUDS_YAML, cloud.clouds_yaml_entry)
+        return auth
     if cloud.auth_type == Cloud.AuthType.APPLICATION_CREDENTIAL:
-        # The backend client (backends/openstack.py) builds password sessions
-        # only so far; refuse clearly rather than fail with a KeyError.
-        raise InvalidRequest(
-            f"cloud {cloud.name}: application credential authentication is not supported by the OpenStack "
-            "client yet; use user name and password"
-        )
+        return {"auth_url": cloud.auth_url, "application_credential_id": cloud.application_credential_id,
+                "application_credential_secret": cloud.application_credential_secret}
     return {
         "auth_url": cloud.auth_url,
         "username": cloud.username,
         "password": cloud.password,
         "user_domain_name": cloud.user_domain_name or "Default",
         "project_domain_name": cloud.project_domain_name or "Default",
+        "project_name": cloud.project_name,
     }
 
 
 def openstack_client(cloud, project=None):
     """A client with the cloud's admin credentials: scoped to the cloud's
     admin project, or with `project` (a portal Project) to that project's
-    OpenStack project (created when missing)."""
+    OpenStack project (created when missing). A mapping with its own
+    application credential uses it; an application-credential cloud needs
+    one, since its credential cannot act in other projects."""
     from .backends.openstack import OpenStackClient
 
     auth = cloud_auth(cloud)
+    admin_scope = {"project_id": auth.pop("project_id", None), "project_name": auth.pop("project_name", None)}
     if project is None:
-        return OpenStackClient(auth, cloud.region, project_name=cloud.project_name)
+        if not auth.get("application_credential_id") and not any(admin_scope.values()):
+            admin_scope["project_name"] = cloud.project_name
+        return OpenStackClient(auth, cloud.region, **admin_scope)
     mapping = cloud_project_ensure(cloud, project)
+    if mapping.application_credential_id:
+        return OpenStackClient({"auth_url": auth["auth_url"],
+                                "application_credential_id": mapping.application_credential_id,
+                                "application_credential_secret": mapping.application_credential_secret},
+                               cloud.region)
+    if auth.get("application_credential_id"):
+        raise InvalidRequest(
+            f"cloud {cloud.name} authenticates with an application credential, which cannot act inside other "
+            f"projects: give {project.slug}'s OpenStack project its own application credential (admin: "
+            "Cloud projects)"
+        )
     return OpenStackClient(auth, cloud.region, project_id=mapping.openstack_project_id)
 
 

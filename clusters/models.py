@@ -145,12 +145,20 @@ class Cloud(models.Model):
     class AuthType(models.TextChoices):
         PASSWORD = "password", "User name and password"
         APPLICATION_CREDENTIAL = "application_credential", "Application credential"
+        CLOUDS_YAML = "clouds_yaml", "An entry of the portal's clouds.yaml"
 
     name = models.SlugField(max_length=64, unique=True, help_text="Used in the API (`cloud`).")
     site = models.CharField(max_length=200, blank=True, help_text="The site or institution running the cloud.")
     enabled = models.BooleanField(default=True)
-    auth_url = models.URLField(max_length=255, help_text="Keystone v3 URL, e.g. https://keystone.example.org:5000/v3.")
+    auth_url = models.URLField(max_length=255, blank=True,
+                               help_text="Keystone v3 URL, e.g. https://keystone.example.org:5000/v3 "
+                                         "(from the entry itself with clouds.yaml).")
     auth_type = models.CharField(max_length=32, choices=AuthType.choices, default=AuthType.PASSWORD)
+    clouds_yaml_entry = models.CharField(
+        max_length=255, blank=True,
+        help_text="clouds.yaml authentication: the entry's name in the file NEPHELE_CLOUDS_YAML names "
+                  "(kept on the server, so no secret is stored in the database).",
+    )
     username = models.CharField(max_length=255, blank=True, help_text="Password authentication: an admin user.")
     password = EncryptedTextField(blank=True, help_text="Password authentication (stored encrypted).")
     user_domain_name = models.CharField(max_length=255, default="Default", blank=True)
@@ -193,11 +201,16 @@ class Cloud(models.Model):
         from django.core.exceptions import ValidationError
 
         errors = {}
+        if self.auth_type == self.AuthType.CLOUDS_YAML:
+            if not self.clouds_yaml_entry:
+                errors["clouds_yaml_entry"] = "Required for clouds.yaml authentication."
+        elif not self.auth_url:
+            errors["auth_url"] = "Required unless the cloud comes from clouds.yaml."
         if self.auth_type == self.AuthType.PASSWORD:
             for name in ("username", "password", "project_name"):
                 if not getattr(self, name):
                     errors[name] = "Required for password authentication."
-        else:
+        elif self.auth_type == self.AuthType.APPLICATION_CREDENTIAL:
             for name in ("application_credential_id", "application_credential_secret"):
                 if not getattr(self, name):
                     errors[name] = "Required for application credential authentication."
@@ -216,6 +229,12 @@ class CloudProject(models.Model):
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="cloud_projects")
     openstack_project_id = models.CharField(max_length=64, help_text="Keystone project id.")
     openstack_project_name = models.CharField(max_length=64, blank=True)
+    application_credential_id = models.CharField(
+        max_length=255, blank=True,
+        help_text="Optional: an application credential of this OpenStack project. Needed when the cloud itself "
+                  "authenticates with an application credential, which cannot act in other projects.",
+    )
+    application_credential_secret = EncryptedTextField(blank=True, help_text="Stored encrypted.")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

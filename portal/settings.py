@@ -122,6 +122,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "accounting.tasks.ingest_all_clusters",
         "schedule": timedelta(minutes=10),
     },
+    "rollup-vm-usage": {
+        "task": "accounting.tasks.rollup_vm_usage",
+        "schedule": timedelta(hours=1),
+    },
     "sync-openstack-servers": {
         "task": "clusters.tasks.sync_clouds",
         "schedule": timedelta(seconds=env.int("CLOUD_SYNC_SECONDS", default=60)),
@@ -178,6 +182,9 @@ ACCOUNT_RATE_LIMITS = {
 }
 
 # OpenID Connect (mozilla-django-oidc). Enabled when the endpoints are set.
+# Clouds configured as "an entry of the portal's clouds.yaml" read this file.
+NEPHELE_CLOUDS_YAML = env("NEPHELE_CLOUDS_YAML", default="/etc/openstack/clouds.yaml")
+
 OIDC_RP_CLIENT_ID = env("OIDC_RP_CLIENT_ID", default="")
 OIDC_RP_CLIENT_SECRET = env("OIDC_RP_CLIENT_SECRET", default="")
 OIDC_OP_AUTHORIZATION_ENDPOINT = env("OIDC_OP_AUTHORIZATION_ENDPOINT", default="")

@@ -15,7 +15,10 @@ the SSH pools of `ssh.pool_for`.
   timeout, 5xx) or `BackendError`.
 - Credentials come in `auth`, a clouds.yaml-style dict: auth_url, username,
   password, user_domain_name (default "Default"), project_domain_name
-  (default "Default"). Nothing is read from clouds.yaml or OS_* variables.
+  (default "Default"); or auth_url, application_credential_id and
+  application_credential_secret (scoped to the credential's own project).
+  Nothing is read from OS_* variables; `auth_from_clouds_yaml` reads one
+  named entry of a clouds.yaml file when a cloud is configured that way.
 
 Admin-only calls (`ensure_project`, `set_quotas`, and reading another
 project's quotas) need a client whose user has the admin role, e.g. scoped
@@ -56,10 +59,11 @@ _CONNECTIONS_LOCK = threading.Lock()
 
 
 def _key(auth, region, project_id, project_name):
-    secret = hashlib.sha256(str(auth.get("password", "")).encode()).hexdigest()
+    secret = hashlib.sha256(
+        str(auth.get("password", "") or auth.get("application_credential_secret", "")).encode()).hexdigest()
     return (
         auth["auth_url"].rstrip("/"),
-        auth.get("username", ""),
+        auth.get("username", "") or auth.get("application_credential_id", ""),
         auth.get("user_domain_name", "Default"),
         secret,
         region,
@@ -67,6 +71,27 @@ def _key(auth, region, project_id, project_name):
         project_name or "",
         auth.get("project_domain_name", "Default"),
     )
+
+
+def _connection_auth(auth, project_id, project_name):
+    """(auth dict, auth_type) for keystoneauth. An application credential
+    carries its own project scope: it is used as it is."""
+    if auth.get("application_credential_id"):
+        return ({"auth_url": auth["auth_url"], "application_credential_id": auth["application_credential_id"],
+                 "application_credential_secret": auth["application_credential_secret"]},
+                "v3applicationcredential")
+    conn_auth = {
+        "auth_url": auth["auth_url"],
+        "username": auth["username"],
+        "password": auth["password"],
+        "user_domain_name": auth.get("user_domain_name", "Default"),
+        "project_domain_name": auth.get("project_domain_name", "Default"),
+    }
+    if project_id:
+        conn_auth["project_id"] = project_id
+    elif project_name:
+        conn_auth["project_name"] = project_name
+    return conn_auth, "password"
 
 
 def connection_for(auth, region, project_id=None, project_name=None):
@@ -79,20 +104,10 @@ def connection_for(auth, region, project_id=None, project_name=None):
     with _CONNECTIONS_LOCK:
         conn = _CONNECTIONS.get(key)
         if conn is None:
-            conn_auth = {
-                "auth_url": auth["auth_url"],
-                "username": auth["username"],
-                "password": auth["password"],
-                "user_domain_name": auth.get("user_domain_name", "Default"),
-                "project_domain_name": auth.get("project_domain_name", "Default"),
-            }
-            if project_id:
-                conn_auth["project_id"] = project_id
-            elif project_name:
-                conn_auth["project_name"] = project_name
+            conn_auth, auth_type = _connection_auth(auth, project_id, project_name)
             conn = openstack.connection.Connection(
                 auth=conn_auth,
-                auth_type="password",
+                auth_type=auth_type,
                 region_name=region,
                 interface="public",
                 identity_api_version="3",
@@ -101,6 +116,33 @@ def connection_for(auth, region, project_id=None, project_name=None):
             )  # cloud=None: clouds.yaml and OS_* variables are not read
             _CONNECTIONS[key] = conn
         return conn
+
+
+def auth_from_clouds_yaml(path, name):
+    """(auth dict, region) of the entry `name` of a clouds.yaml file, in the
+    shape `OpenStackClient` takes (password or application credential)."""
+    from openstack.config import loader
+
+    try:
+        entry = loader.OpenStackConfig(config_files=[str(path)], load_envvars=False).get_one(cloud=name)
+    except Exception as exc:  # noqa: BLE001 - the loader raises several kinds
+        raise InvalidRequest(f"clouds.yaml entry {name!r} in {path}: {exc}") from exc
+    a = dict(entry.config.get("auth") or {})
+    if not a.get("auth_url"):
+        raise InvalidRequest(f"clouds.yaml entry {name!r} in {path} has no auth_url")
+    auth = {"auth_url": a["auth_url"]}
+    if a.get("application_credential_id"):
+        auth.update(application_credential_id=a["application_credential_id"],
+                    application_credential_secret=a.get("application_credential_secret", ""))
+    else:
+        auth.update(username=a.get("username", ""), password=a.get("password", ""),
+                    user_domain_name=a.get("user_domain_name") or a.get("user_domain_id") or "Default",
+                    project_domain_name=a.get("project_domain_name") or a.get("project_domain_id") or "Default")
+        if a.get("project_name"):
+            auth["project_name"] = a["project_name"]
+        if a.get("project_id"):
+            auth["project_id"] = a["project_id"]
+    return auth, entry.config.get("region_name") or ""
 
 
 def close_all():
@@ -192,7 +234,7 @@ class OpenStackClient:
     picks the project the token is scoped to."""
 
     def __init__(self, auth, region, project_id=None, project_name=None):
-        if not project_id and not project_name:
+        if not project_id and not project_name and not auth.get("application_credential_id"):
             raise InvalidRequest("OpenStackClient needs project_id or project_name")
         self.auth = dict(auth)
         self.region = region
@@ -202,8 +244,11 @@ class OpenStackClient:
 
     @property
     def project_id(self):
-        with _api("authenticate"):
-            return self.conn.current_project_id
+        try:
+            with _api("authenticate"):
+                return self.conn.current_project_id
+        except NotFound as exc:  # keystone: "Could not find Application Credential"
+            raise AuthenticationFailed("authenticate: authentication failed", stderr=exc.stderr) from exc
 
     def ensure_project(self, name, *, description="", domain_id="default", grant_role="admin"):
         """Admin: the project `name`, created if missing. With `grant_role`,

@@ -9,7 +9,6 @@ from django.test import TestCase
 
 from clusters import vms
 from clusters.backends.openstack import OpenStackClient
-from clusters.clouds import cloud_auth
 from clusters.models import Server, Volume
 from projects import services
 from projects.models import Quota
