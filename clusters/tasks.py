@@ -251,3 +251,23 @@ def sync_clouds():
             logging.getLogger(__name__).warning("OpenStack sync of %s failed: %s", cloud.name, exc)
             done[cloud.name] = str(exc)
     return done
+
+
+@shared_task(bind=True, max_retries=RETRIES)
+def keypair_delete(self, cloud_id, project_id, nova_name):
+    """Remove a withdrawn SSH key's keypair from a cloud (idempotent)."""
+    from projects.models import Project
+
+    from .clouds import openstack_client
+    from .models import Cloud
+
+    def delete():
+        openstack_client(Cloud.objects.get(pk=cloud_id), Project.objects.get(pk=project_id)).delete_keypair(nova_name)
+
+    try:
+        delete()
+    except _unavailable() as exc:
+        import logging
+
+        return _retry_or(self, exc, lambda error: logging.getLogger(__name__).warning(
+            "keypair %s on cloud %s not deleted: %s", nova_name, cloud_id, error))

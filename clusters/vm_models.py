@@ -380,6 +380,8 @@ class ServerInterval(models.Model):
             models.UniqueConstraint(fields=["server"], condition=models.Q(ended__isnull=True),
                                     name="server_interval_one_open"),
         ]
+        # the usage rollup reads the intervals overlapping a few days
+        indexes = [models.Index(fields=["ended", "started"], name="server_interval_span")]
 
     def __str__(self):
         return f"{self.server}: {'running' if self.running else 'stopped'} {self.profile} from {self.started}"

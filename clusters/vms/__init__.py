@@ -17,6 +17,7 @@ the portal) leaves the project's counters exact.
     servers.py       server requests, cloud work, `server_apply`
     floating_ips.py  floating IP requests and cloud work
     volumes.py       volume requests, cloud work, `volume_apply`
+    keys.py          users' SSH keys and their keypairs on the clouds
     sync.py          periodic mirror, recount, tenant-filtered reads
 """
 from .common import RequestRefused, clouds_for, validate_user_data  # noqa: F401
@@ -26,6 +27,7 @@ from .floating_ips import (  # noqa: F401
     floating_ip_release_run,
     floating_ip_request,
 )
+from .keys import ssh_key_add, ssh_key_delete  # noqa: F401
 from .servers import (  # noqa: F401
     ACTIONS,
     server_action_request,

@@ -145,7 +145,7 @@ def _check_name(field, name):
 
 
 def server_validate(*, owner, project, cloud, profile, image, name, ssh_key=None, user_data="",
-                    volume_gb=None):
+                    volume_gb=None, volume_name=""):
     """Everything a create request must satisfy, each failure naming its field."""
     _check_member(owner, project)
     _check_name("name", name)
@@ -161,8 +161,20 @@ def server_validate(*, owner, project, cloud, profile, image, name, ssh_key=None
     if ssh_key is not None and ssh_key.owner_id != owner.pk:
         raise _field_error("key_name", "Unknown SSH key.")
     validate_user_data(user_data)
-    if volume_gb is not None and not (1 <= int(volume_gb) <= 100_000):
-        raise _field_error("volume_gb", "A volume size between 1 and 100000 GB.")
+    if volume_gb is not None:
+        volume_size(volume_gb, field="volume_gb")
+        _check_name("volume_name", volume_name or f"{name}-data")
+
+
+def volume_size(value, *, field="size_gb"):
+    """A volume size in whole GB, 1 to 100000, or a ValidationError on `field`."""
+    try:
+        size = int(value)
+    except (TypeError, ValueError):
+        raise _field_error(field, "A whole number of GB.") from None
+    if not 1 <= size <= 100_000:
+        raise _field_error(field, "A volume size between 1 and 100000 GB.")
+    return size
 
 
 

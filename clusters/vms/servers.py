@@ -45,6 +45,7 @@ def server_request(*, owner, project, cloud, profile, image, name, ssh_key=None,
     Raises ValidationError (naming the field) or QuotaExceeded; in both
     cases nothing is recorded and nothing reaches the cloud."""
     server_validate(owner=owner, project=project, cloud=cloud, profile=profile, image=image, name=name,
+                    volume_name=volume_name,
                     ssh_key=ssh_key, user_data=user_data, volume_gb=volume_gb)
     server_cost = profile.cost()
     total = dict(server_cost)
@@ -141,6 +142,8 @@ def server_resize_request(*, server, profile, actor):
 @transaction.atomic
 def server_protect(*, server, protected, actor):
     server = _locked_server(server.pk)
+    if server.state == S.DELETED:
+        raise RequestRefused(f"Server {server.name} is deleted.")
     Server.objects.filter(pk=server.pk).update(protected=bool(protected))
     _event(server, "Protected from deletion" if protected else "Protection removed", kind=ServerEvent.Kind.ACTION,
            actor=actor)

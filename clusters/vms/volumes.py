@@ -9,6 +9,7 @@ from projects import services as project_services
 from ..backends.base import BackendError, BackendUnavailable, NotFound, QuotaRefused
 from ..vm_models import CINDER_STATUS, Server, ServerEvent, Volume
 from .common import (
+    volume_size,
     RequestRefused,
     S,
     V,
@@ -35,12 +36,7 @@ def volume_request(*, owner, project, cloud, name, size_gb):
     _check_name("name", name)
     if not cloud.enabled:
         raise _field_error("cloud", f"Cloud {cloud.name} is not enabled.")
-    try:
-        size_gb = int(size_gb)
-    except (TypeError, ValueError):
-        raise _field_error("size_gb", "A whole number of GB.") from None
-    if not 1 <= size_gb <= 100_000:
-        raise _field_error("size_gb", "A volume size between 1 and 100000 GB.")
+    size_gb = volume_size(size_gb)
     cost = _volume_cost(size_gb)
     project_services.quota_reserve_many(project=project, user=owner, amounts=cost)
     volume = Volume.objects.create(project=project, owner=owner, cloud=cloud, name=name, size_gb=size_gb,

@@ -39,9 +39,13 @@ def act(fn, **kwargs):
         return fn(**kwargs)
 
 
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl val@laptop"
+
+
 def test_a_server_from_boot_to_delete_keeps_every_counter_exact(vmbed):
     v = vmbed
-    server = create(v, "life", floating_ip=True, volume_gb=2)
+    key = vms.ssh_key_add(owner=v.member, name=f"laptop-{v.project.slug}", public_key=KEY)
+    server = create(v, "life", floating_ip=True, volume_gb=2, ssh_key=key)
     held = counters(v.project)  # the volume may already be created (eager tasks): used or reserved
     assert {k: sum(held[k]) for k in held} == {"cores": 1, "ram_mb": 2048, "disk_gb": 20, "instances": 1,
                                                "floating_ips": 1, "volumes": 1, "volume_gb": 2}
@@ -90,6 +94,13 @@ def test_a_server_from_boot_to_delete_keeps_every_counter_exact(vmbed):
     act(vms.volume_delete_request, volume=volume, actor=v.member)
     v.wait_volume(volume, ["deleted"])
     assert counters(v.project) == {}
+
+    # the key was injected as a keypair; withdrawing the key removes it from the cloud
+    nova_name = key.nova_name
+    assert server.key_name == nova_name and os_server.key_name == nova_name
+    assert v.bed.sdk().compute.find_keypair(nova_name).public_key.split()[:2] == KEY.split()[:2]
+    act(vms.ssh_key_delete, key=key)
+    assert v.bed.sdk().compute.find_keypair(nova_name, ignore_missing=True) is None
 
 
 def test_over_the_portals_quota_nothing_reaches_openstack(vmbed):

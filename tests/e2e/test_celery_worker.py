@@ -31,6 +31,7 @@ def worker(celery_eager, tmp_path):
     env["EMAIL_BACKEND"] = "django.core.mail.backends.filebased.EmailBackend"
     env["EMAIL_FILE_PATH"] = str(tmp_path)
     env["CELERY_TASK_ALWAYS_EAGER"] = "false"
+    env["CELERY_TASK_DEFAULT_QUEUE"] = f"test-{os.getpid()}"  # tasks the worker sends itself come back to it
     log = open(tmp_path / "worker.log", "w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "--loglevel", "INFO",

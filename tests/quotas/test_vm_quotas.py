@@ -107,6 +107,8 @@ def test_validation_names_the_field_and_reserves_nothing(cast, catalog, no_dispa
         "name": dict(name="bad name!"),
         "user_data": dict(user_data="#cloud-config\npackages: [a\n"),
         "project": dict(user=cast.mallory),
+        "volume_gb": dict(volume_gb="ten"),
+        "volume_name": dict(name="n" * 60, volume_gb=1),  # the default "<name>-data" would be too long
     }
     for field, kwargs in cases.items():
         with pytest.raises(ValidationError) as err:
@@ -230,6 +232,9 @@ def test_state_rules_refuse_impossible_actions(cast, catalog, no_dispatch):
     vms.server_delete_request(server=server, actor=cast.staff, force=True)
     server.refresh_from_db()
     assert server.state == "deleting"
+    vms.server_apply(server_id=server.pk, rec=ServerRecord(id="os-7", name="vm", status="DELETED"))
+    with pytest.raises(vms.RequestRefused, match="deleted"):
+        vms.server_protect(server=server, protected=False, actor=cast.alice)
 
 
 @pytest.mark.django_db(transaction=True)
