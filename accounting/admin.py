@@ -1,9 +1,10 @@
-"""Accounting in the admin: everything read-only (it comes from Slurm)."""
+"""Accounting in the admin: everything read-only (it comes from Slurm, or
+from the servers' billing intervals for CloudDailyUsage)."""
 from django.contrib import admin
 
 from portal.admin_utils import ReadOnlyAdmin
 
-from .models import DailyUsage, IngestWatermark, UsageRecord
+from .models import CloudDailyUsage, DailyUsage, IngestWatermark, UsageRecord
 
 
 @admin.register(UsageRecord)
@@ -43,3 +44,13 @@ class DailyUsageAdmin(ReadOnlyAdmin):
     list_select_related = ["cluster", "project", "user"]
     date_hierarchy = "day"
     readonly_fields = [f.name for f in DailyUsage._meta.fields]
+
+
+@admin.register(CloudDailyUsage)
+class CloudDailyUsageAdmin(ReadOnlyAdmin):
+    list_display = ["day", "cloud", "project", "user", "resource", "amount"]
+    list_filter = ["resource", "cloud", "day"]
+    search_fields = ["project__slug", "project__name", "user__username", "user__email"]
+    list_select_related = ["cloud", "project", "user"]
+    date_hierarchy = "day"
+    readonly_fields = [f.name for f in CloudDailyUsage._meta.fields]

@@ -32,6 +32,8 @@ def _meta(report):
         lines.append(("Grouped by", report.range.period))
     cluster = getattr(report, "cluster", None)
     lines.append(("Cluster", cluster.name if cluster else "all"))
+    cloud = getattr(report, "cloud", None)
+    lines.append(("Cloud", cloud.name if cloud else "all"))
     lines.append(("Generated", report.generated.astimezone(dt_timezone.utc).strftime("%Y-%m-%d %H:%M UTC")))
     return lines
 

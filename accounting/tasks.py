@@ -1,8 +1,10 @@
-"""Thin Celery wrappers around accounting.services.
+"""Thin Celery wrappers around accounting.services and accounting.vm_usage.
 
-Beat entry (portal/settings.py, CELERY_BEAT_SCHEDULE):
+Beat entries (portal/settings.py, CELERY_BEAT_SCHEDULE):
     "ingest-slurm-accounting": {"task": "accounting.tasks.ingest_all_clusters",
                                 "schedule": timedelta(minutes=10)},
+    "rollup-vm-usage": {"task": "accounting.tasks.rollup_vm_usage",
+                        "schedule": timedelta(hours=1)},
 """
 import logging
 
@@ -38,3 +40,16 @@ def ingest_all_clusters():
 
     for cluster_id in SlurmCluster.objects.filter(enabled=True).values_list("pk", flat=True):
         ingest_cluster.delay(cluster_id)
+
+
+@shared_task
+def rollup_vm_usage(start=None, end=None):
+    """Periodic (beat entry "rollup-vm-usage", hourly): rebuild the VM usage
+    rollup (CloudDailyUsage) of yesterday and today from the servers' billing
+    intervals. With `start` (and `end`, ISO dates, both included): a backfill
+    of that range, e.g. rollup_vm_usage.delay("2026-01-01", "2026-03-31")."""
+    from . import vm_usage
+
+    if start is None:
+        return vm_usage.rebuild_recent()
+    return vm_usage.rebuild(start, end or start)

@@ -11,7 +11,7 @@ from django.core.paginator import Paginator
 from django.http import HttpResponseBadRequest
 from django.shortcuts import render
 
-from clusters.models import SlurmCluster
+from clusters.models import Cloud, SlurmCluster
 from portal.listing import PAGE_SIZE, querystring_without
 from projects import selectors
 from projects.models import Membership
@@ -84,7 +84,7 @@ def project_report(request, slug):
         return _export(request, report, fmt)
     return render(request, "accounting/project_report.html", {
         "project": project, "report": report, "range": rng, "periods": reports.PERIODS,
-        "chart": report.chart(), "exports": _export_links(request),
+        "chart": report.chart(), "vm_chart": report.vm_chart(), "exports": _export_links(request),
         "role": selectors.role_of(request.user, project), "burn_window": reports.BURN_WINDOW,
         "top_n": reports.TOP_JOBS,
     })
@@ -107,13 +107,21 @@ def site_report(request):
         if fmt:
             return _bad_request({"cluster": f"no cluster named {name!r}."})
         messages.warning(request, f"Ignored cluster: no cluster named {name!r}.")
-    report = reports.site_report(rng, cluster=cluster, sort=request.GET.get("sort", reports.SITE_DEFAULT_SORT))
+    clouds = list(Cloud.objects.order_by("name"))
+    cloud_name = request.GET.get("cloud", "").strip()
+    cloud = next((c for c in clouds if c.name == cloud_name), None)
+    if cloud_name and cloud is None:
+        if fmt:
+            return _bad_request({"cloud": f"no cloud named {cloud_name!r}."})
+        messages.warning(request, f"Ignored cloud: no cloud named {cloud_name!r}.")
+    report = reports.site_report(rng, cluster=cluster, cloud=cloud,
+                                 sort=request.GET.get("sort", reports.SITE_DEFAULT_SORT))
     if fmt:
         return _export(request, report, fmt)
     page = Paginator(report.queryset, PAGE_SIZE).get_page(request.GET.get("page"))
     return render(request, "accounting/site_report.html", {
         "report": report, "range": rng, "page": page, "rows": report.rows(page.object_list),
-        "clusters": clusters, "cluster": cluster, "sort": report.sort,
+        "clusters": clusters, "cluster": cluster, "clouds": clouds, "cloud": cloud, "sort": report.sort,
         "sort_qs": querystring_without(request, "sort", "page", "format"),
         "page_qs": querystring_without(request, "page", "format"),
         "exports": _export_links(request),
@@ -133,5 +141,6 @@ def my_report(request):
         return _export(request, report, fmt)
     return render(request, "accounting/my_report.html", {
         "report": report, "range": rng, "periods": reports.PERIODS, "chart": report.chart(),
+        "vm_chart": report.vm_chart(),
         "exports": _export_links(request),
     })

@@ -79,6 +79,10 @@ def populated(cast):
 
     ingest_lines(cluster, ["1\x1fjob\x1falice\x1falpha\x1fdebug\x1fCOMPLETED\x1f0:0\x1f1\x1fcpu=1\x1f60\x1f60"
                            "\x1f100M\x1f1790000000\x1f1790000000\x1f1790000060\x1f"])
+    from accounting.models import CloudDailyUsage
+
+    CloudDailyUsage.objects.create(day="2026-01-01", cloud=cloud, project=cast.alpha, user=cast.alice,
+                                   resource="vm_core_hours", amount=2.0)
     ClusterAccount.objects.create(cluster=cluster, project=cast.alpha, account="alpha")
     PosixAccount.objects.create(user=cast.alice, cluster=cluster, username="alice")
     template = JobTemplate.objects.create(name="Hello", script="echo {{ who }}",
