@@ -5,6 +5,7 @@ and what OpenStack itself holds (read through a separate admin connection)."""
 import time
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.test import TestCase
 
 from clusters import vms
@@ -211,3 +212,32 @@ def test_staff_force_delete_a_protected_server_from_the_admin(vmbed, client):
     response = client.post("/admin/clusters/cloud/", {"action": "sync_servers", "_selected_action": [v.cloud.pk]},
                            follow=True)
     assert "0 server(s) and 0 volume(s) in step" in response.content.decode()
+
+
+def test_servers_on_two_clouds_are_kept_apart(vmbed):
+    """The Planck pipeline boots on either of two clouds: the second region
+    of the test bed is a second cloud, with its own catalog and mapping."""
+    from clusters.catalog import catalog_sync
+    from clusters.models import Image
+
+    from .test_openstack_quotas import make_cloud
+
+    v = vmbed
+    two = make_cloud(v.bed, name=f"{v.prefix}-two", region=v.bed.regions[1])
+    catalog_sync(two)
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        there = vms.server_request(owner=v.member, project=v.project, cloud=two, profile=v.small,
+                                   image=Image.objects.get(cloud=two, name="cirros-tiny"), name="region-two")
+    there = v.wait_server(there, ["active"])
+    assert vms.common._client(there).region == v.bed.regions[1]
+
+    assert vms.cloud_sync(v.cloud) == {"servers": 0, "volumes": 0, "servers_gone": 0, "volumes_gone": 0}
+    assert vms.cloud_sync(two)["servers"] == 1
+    there.refresh_from_db()
+    assert there.state == "active" and there.cloud == two
+    with pytest.raises(ValidationError) as wrong:  # an image of the other cloud is refused
+        vms.server_request(owner=v.member, project=v.project, cloud=v.cloud, profile=v.small,
+                           image=Image.objects.get(cloud=two, name="cirros-tiny"), name="mixed")
+    assert "image" in wrong.value.message_dict
+    act(vms.server_delete_request, server=there, actor=v.member)
+    v.wait_server(there, ["deleted"])
