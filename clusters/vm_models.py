@@ -69,7 +69,10 @@ class SSHKey(models.Model):
         return f"{self.name} ({self.fingerprint})"
 
     def clean(self):
-        kind, body, _ = parse_public_key(self.public_key)
+        try:
+            kind, body, _ = parse_public_key(self.public_key)
+        except ValidationError as exc:
+            raise ValidationError({"public_key": exc.messages}) from None
         self.public_key = self.public_key.strip()
         digest = hashlib.sha256(base64.b64decode(body)).digest()
         self.fingerprint = "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
@@ -177,9 +180,13 @@ class Server(StatefulMixin, models.Model):
     @property
     def is_busy(self):
         """The cloud is working on it: pages keep polling."""
-        return (self.state in (S.BUILDING, S.REBOOTING, S.RESIZING, S.DELETING) or bool(self.task_state)
-                or bool(self.resize_to_id) or self.floating_ip_set.filter(state__in=["allocating", "releasing"])
-                .exists() or self.volumes.filter(state__in=["creating", "attaching", "detaching"]).exists())
+        if self.state in (S.BUILDING, S.REBOOTING, S.RESIZING, S.DELETING) or self.task_state or self.resize_to_id:
+            return True
+        if self.state == S.DELETED:
+            return False
+        # .all() reads the prefetched rows when a list prefetched them (servers_visible_to does)
+        return (any(f.state in ("allocating", "releasing") for f in self.floating_ip_set.all())
+                or any(v.state in ("creating", "attaching", "detaching") for v in self.volumes.all()))
 
     @property
     def is_gone(self):

@@ -42,7 +42,9 @@ def csp_directives(response):
 @pytest.mark.parametrize(
     "who, path",
     [(None, LOGIN), (None, "/accounts/password/reset/"), (None, "/accounts/signup/"), ("alice", "/"),
-     ("alice", "/projects/alpha/"), ("alice", "/account/api-token/"), ("alice", "/api/docs/")],
+     ("alice", "/projects/alpha/"), ("alice", "/account/api-token/"), ("alice", "/api/docs/"),
+     ("alice", "/servers/"), ("alice", "/servers/new/"), ("alice", "/volumes/"), ("alice", "/volumes/new/"),
+     ("alice", "/account/ssh-keys/")],
 )
 def test_content_security_policy(cast, client_for, who, path):
     client = client_for(getattr(cast, who)) if who else Client()

@@ -182,14 +182,18 @@ def _find_adoptable(client, server):
 
 def server_boot_run(*, server_id):
     """Create the server on its cloud, exactly once: a retry first looks for
-    a server carrying this record's uid. Refusals release the quota."""
+    a server carrying this record's uid. Refusals release the quota. A
+    record deleted meanwhile is never created; one that nova created while
+    it was being deleted here is deleted there too."""
     server = Server.objects.select_related("project", "owner", "cloud", "profile", "ssh_key").get(pk=server_id)
-    if server.openstack_id or server.state != S.BUILDING:
+    if server.openstack_id or server.state not in (S.BUILDING, S.DELETING, S.DELETED):
         return server
     client = _client(server)
     found = _find_adoptable(client, server)
     if found is not None:
         openstack_id = found.id
+    elif server.state != S.BUILDING:
+        return server  # deleted before anything reached the cloud: nothing to create or clean up
     else:
         flavor = _flavor_of(server.cloud, server.profile)
         if flavor is None:
@@ -210,9 +214,15 @@ def server_boot_run(*, server_id):
             return _boot_failed(server, f"The cloud refused the server: {exc.stderr or exc}")
     with transaction.atomic():
         server = _locked_server(server_id)
-        if not server.openstack_id:
+        orphan = server.state in (S.DELETING, S.DELETED) and not server.openstack_id
+        if orphan:  # deleted here while nova was creating it: nothing may keep running there
+            Server.objects.filter(pk=server.pk).update(openstack_id=openstack_id)
+            _event(server, f"Created on {server.cloud.name} after it was deleted here; deleting it there")
+        elif not server.openstack_id:
             Server.objects.filter(pk=server.pk).update(openstack_id=openstack_id, task_state="scheduling")
             _event(server, f"Accepted by {server.cloud.name} (id {openstack_id})")
+    if orphan:
+        client.delete_server(openstack_id)  # unreachable -> the task retries, and the retry adopts and deletes
     return Server.objects.get(pk=server_id)
 
 

@@ -100,7 +100,8 @@ def servers_visible_to(user):
 
     if not user.is_authenticated:
         return Server.objects.none()
-    qs = Server.objects.select_related("project", "owner", "cloud", "profile")
+    qs = Server.objects.select_related("project", "owner", "cloud", "profile").prefetch_related(
+        "floating_ip_set", "volumes")  # Server.is_busy reads them
     if user.is_staff:
         return qs
     managed = user.memberships.filter(role="manager").values("project_id")

@@ -241,3 +241,31 @@ def test_servers_on_two_clouds_are_kept_apart(vmbed):
     assert "image" in wrong.value.message_dict
     act(vms.server_delete_request, server=there, actor=v.member)
     v.wait_server(there, ["deleted"])
+
+
+def test_a_server_deleted_while_nova_creates_it_leaves_nothing_on_the_cloud(vmbed):
+    v = vmbed
+    with TestCase.captureOnCommitCallbacks(execute=False):  # recorded; the boot task has not run yet
+        early = vms.server_request(owner=v.member, project=v.project, cloud=v.cloud, profile=v.small,
+                                   image=v.image, name="early")
+        racing = vms.server_request(owner=v.member, project=v.project, cloud=v.cloud, profile=v.small,
+                                    image=v.image, name="racing")
+        for server in (early, racing):
+            vms.server_delete_request(server=server, actor=v.member)
+    for server in (early, racing):
+        assert vms.server_delete_run(server_id=server.pk).state == "deleted"
+    assert counters(v.project) == {}
+
+    # "early": its boot task runs after the deletion and creates nothing
+    assert vms.server_boot_run(server_id=early.pk).openstack_id == ""
+    # "racing": nova had accepted it just before (the boot call was in flight); the boot finishes, sees the
+    # record deleted and deletes the server on the cloud as well
+    client = vms.common._client(racing)
+    client.create_server("racing", v.small.cloud_flavors.get().flavor_id, v.image.image_id, network="private",
+                         metadata={"nephele_uid": str(racing.uid)})
+    racing = vms.server_boot_run(server_id=racing.pk)
+    assert racing.state == "deleted" and racing.openstack_id
+    deadline = time.monotonic() + 60
+    while cloud_servers(v) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert cloud_servers(v) == [] and counters(v.project) == {}

@@ -253,3 +253,12 @@ def test_fifty_simultaneous_servers_on_room_for_ten(cast, catalog, no_dispatch):
     assert counters(cast.alpha) == {"cores": (0, 20), "ram_mb": (0, 40960), "disk_gb": (0, 200),
                                     "instances": (0, 10)}
     assert quota_recount(project=cast.alpha) == []
+
+
+def test_a_bad_ssh_key_is_refused_on_its_field(cast):
+    with pytest.raises(ValidationError) as err:
+        vms.ssh_key_add(owner=cast.alice, name="laptop", public_key="ssh-ed25519 not-base64!")
+    assert list(err.value.message_dict) == ["public_key"]
+    with pytest.raises(ValidationError) as err:
+        vms.ssh_key_add(owner=cast.alice, name="bad name", public_key="")
+    assert {"name", "public_key"} <= set(err.value.message_dict)
