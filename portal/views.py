@@ -19,7 +19,20 @@ def dashboard(request):
     if request.user.is_staff:
         # Staff see every project in the list page; the dashboard stays personal.
         projects = projects.filter(memberships__user=request.user)
-    return render(request, "portal/dashboard.html", {"projects": projects})
+    return render(request, "portal/dashboard.html", {"projects": projects, "work": _my_work(request.user)})
+
+
+def _my_work(user):
+    """Counts for the dashboard's "Your work" strip: the user's own jobs and
+    servers still alive, and volumes, each linking to its list."""
+    from clusters.models import Server, Volume
+    from jobs.models import ACTIVE, Job, State
+
+    return {
+        "jobs": Job.objects.filter(owner=user, state__in=[State.QUEUED, *ACTIVE]).count(),
+        "servers": Server.objects.filter(owner=user).exclude(state="deleted").count(),
+        "volumes": Volume.objects.filter(owner=user).exclude(state="deleted").count(),
+    }
 
 
 def login_refused(request):

@@ -429,3 +429,28 @@ def test_anonymous_is_redirected_to_login(world, client, name, method):
     assert response.status_code == 302
     assert response.url.startswith(reverse("account_login") + "?next=")
     assert_alpha_untouched(world)
+
+
+def test_dashboard_counts_my_live_jobs_servers_and_volumes(world, client_for):
+    from clusters.models import Cloud, Server, SlurmCluster, Volume, VMProfile
+    from jobs.models import Job
+
+    cluster = SlurmCluster.objects.create(name="hpc", ssh_user="svc", ssh_private_key="k", known_hosts="h")
+    cloud = Cloud.objects.create(name="c", auth_url="http://127.0.0.1:9/v3", username="u", password="p")
+    profile = VMProfile.objects.create(name="small", vcpus=1, ram_mb=1024)
+    for state in ("running", "pending", "completed"):
+        Job.objects.create(project=world.alpha, owner=world.amy, cluster=cluster, name=state, script="true",
+                           state=state)
+    Job.objects.create(project=world.alpha, owner=world.alice, cluster=cluster, name="not mine", script="true",
+                       state="running")
+    for state in ("active", "deleted"):
+        Server.objects.create(project=world.alpha, owner=world.amy, cloud=cloud, name=state, profile=profile,
+                              image_ref="i", state=state)
+    Volume.objects.create(project=world.alpha, owner=world.amy, cloud=cloud, name="data", size_gb=1)
+
+    response = client_for(world.amy).get(reverse("dashboard"))
+
+    assert response.context["work"] == {"jobs": 2, "servers": 1, "volumes": 1}
+    html = response.content.decode()
+    assert "2 active jobs" in html and "1 server<" in html and "1 volume<" in html
+    assert reverse("vms:server-new") in html  # amy has a project to launch in
