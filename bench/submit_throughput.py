@@ -2,13 +2,37 @@
 
 Run with the test bed up (`make bench-submit`, or source .testbed/env and
 `python bench/submit_throughput.py`). In one run it measures
-  (a) raw: a shell loop of `sudo -n -u ada sbatch --hold` as the service user on
-      the command node (this machine), the same user and sudo mode the portal uses;
+
+  (a) raw: a shell loop of `sudo -n -u ada sbatch --hold` as the service user
+      on the command node (this machine), the same user and sudo mode the
+      portal uses, one job after the other;
   (b) portal: N jobs POSTed to /api/v1/jobs/ -> Celery (Redis broker, real
-      worker processes) -> SSH -> sudo sbatch -> Slurm id stored in the database;
+      worker processes) -> SSH -> sudo sbatch -> Slurm id stored in the
+      database, timed from the first POST until the last job's Slurm id is
+      stored;
+
 and prints both rates and their ratio. All jobs are held and cancelled after.
+
+Concurrency of the portal run (all on this machine, sharing its CPUs with the
+node's sshd, sudo, sbatch and slurmctld, PostgreSQL and Redis):
+
+- `--clients` threads (default 4) each POST one job at a time over HTTP with
+  token authentication (a plain HTTP/1.1 client: http.client), as that many
+  scripts or users submitting at once would; one POST per job, no bulk call;
+- gunicorn with `--web-workers` sync worker processes (default 2) serves the
+  API, as in a small production setup;
+- `--workers` Celery worker processes (default 2, `--pool solo`) submit: each
+  message makes its worker submit every queued job of the cluster in batches,
+  one SSH exec per batch (see jobs/submission.py), so at most `--workers`
+  batches run on the node at once.
+
+Besides the end-to-end figure it reports the API alone (POSTs with the
+workers not consuming) and the workers alone (draining those jobs once they
+consume), and where the CPU went during the end-to-end run, per job.
 """
 import argparse
+import http.client
+import json
 import os
 import subprocess
 import sys
@@ -19,6 +43,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 BENCH_DB = "nephele_bench"
+TICK = os.sysconf("SC_CLK_TCK")
 
 
 def setup_django():
@@ -79,38 +104,95 @@ def raw_rate(n, workdir):
     return n / elapsed
 
 
+# --- where the CPU goes ----------------------------------------------------------------
+
+
+def cpu_snapshot():
+    """{pid: (name, ppid, cpu seconds incl. reaped children)} of every process."""
+    snap = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                raw = fh.read()
+            comm = raw[raw.index("(") + 1:raw.rindex(")")]
+            if comm == "postgres":  # a backend's title names its database
+                with open(f"/proc/{entry}/cmdline") as fh:
+                    comm = "postgres " + ("bench" if f" {BENCH_DB} " in fh.read() else "other")
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        snap[int(entry)] = (comm, int(fields[1]), sum(int(f) for f in fields[11:15]) / TICK)
+    return snap
+
+
+def cpu_by_group(before, after, roots):
+    """CPU seconds spent between two snapshots, per group: processes under
+    one of `roots` ({pid: group}), else by command name."""
+    by_name = {"postgres bench": "postgres (bench database)", "redis-server": "redis",
+               "sshd": "node (sshd, sh, sudo, sbatch)", "slurmctld": "slurmctld+dbd", "slurmdbd": "slurmctld+dbd"}
+    totals = {}
+    for pid, (name, _ppid, cpu) in after.items():
+        spent = cpu - before.get(pid, (None, None, 0.0))[2]
+        if spent <= 0:
+            continue
+        group, up, hops = None, pid, 0
+        while up and hops < 50:
+            if up in roots:
+                group = roots[up]
+                break
+            up, hops = after.get(up, (None, 0, 0))[1], hops + 1
+        group = group or by_name.get(name, "everything else on the machine")
+        totals[group] = totals.get(group, 0.0) + spent
+    return totals
+
+
+# --- the portal ---------------------------------------------------------------------------
+
+
 def portal_rates(n, cluster, user, project, workers, web_workers, clients):
     """Over real HTTP: gunicorn serves the API, `clients` threads POST
     concurrently (token auth), Celery workers submit over SSH. Three runs:
-    the API alone (no workers), the workers alone (draining those jobs), and
-    end to end (both at once, the figure the target is about)."""
+    the API alone (workers not consuming), the workers alone (draining those
+    jobs), and end to end (both at once, the figure the target is about)."""
     import concurrent.futures
 
-    import requests
+    from django.db import connection
     from rest_framework.authtoken.models import Token
 
     from jobs.models import Job
+    from portal.celery import app
 
-    queue = f"bench-{os.getpid()}"
+    queue, idle = f"bench-{os.getpid()}", f"bench-idle-{os.getpid()}"
     port = 8790
     env = dict(os.environ, CELERY_TASK_DEFAULT_QUEUE=queue)
     web = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(web_workers),
          "--log-level", "warning"], cwd=ROOT, env=env)
-    procs = [web]
+    names = [f"bench{i}-{os.getpid()}@bench" for i in range(workers)]
+    # The workers start on an idle queue and are told to consume the jobs'
+    # queue after the API-alone run, so their start-up is not timed.
+    celery = [subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "-Q", idle,
+         "-n", name, "--loglevel", "WARNING"], cwd=ROOT, env=env) for name in names]
+    procs = [web, *celery]
     token, _ = Token.objects.get_or_create(user=user)
-    url = f"http://127.0.0.1:{port}/api/v1/jobs/"
-    body = {"project": project.slug, "cluster": cluster.name, "name": "portalbench", "cpus": 1,
-            "time_limit_minutes": 1, "script": "#!/bin/bash\n#SBATCH --hold\ntrue\n"}
+    headers = {"Authorization": f"Token {token.key}", "Content-Type": "application/json"}
+    body = json.dumps({"project": project.slug, "cluster": cluster.name, "name": "portalbench", "cpus": 1,
+                       "time_limit_minutes": 1, "script": "#!/bin/bash\n#SBATCH --hold\ntrue\n"})
     local = threading.local()
 
     def post(_):
-        session = getattr(local, "session", None)
-        if session is None:
-            session = local.session = requests.Session()
-            session.headers["Authorization"] = f"Token {token.key}"
-        response = session.post(url, json=body, timeout=30)
-        assert response.status_code == 201, response.text
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("POST", "/api/v1/jobs/", body, headers)
+        response = conn.getresponse()
+        text = response.read()
+        assert response.status == 201, text
+        if response.getheader("Connection", "").lower() == "close":
+            conn.close()  # gunicorn's sync workers close after each request
 
     def post_all():
         t0 = time.perf_counter()
@@ -118,8 +200,14 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
             list(pool.map(post, range(n)))
         return t0, time.perf_counter() - t0
 
+    def submitted():
+        with connection.cursor() as cursor:  # cheap: polled every 20 ms
+            cursor.execute(f"SELECT count(*) FROM {Job._meta.db_table} WHERE cluster_id = %s AND scheduler_id <> ''",
+                           [cluster.pk])
+            return cursor.fetchone()[0]
+
     def wait_submitted(t0):
-        while Job.objects.filter(cluster=cluster).exclude(scheduler_id="").count() < n:
+        while submitted() < n:
             if time.perf_counter() - t0 > 600:
                 raise SystemExit("portal submission did not finish in 10 minutes")
             time.sleep(0.02)
@@ -130,26 +218,37 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
         Job.objects.filter(cluster=cluster).delete()
 
     try:
-        deadline = time.monotonic() + 30
-        while True:  # wait for the web server
+        deadline = time.monotonic() + 60
+        while True:  # wait for the web server and the workers
             try:
-                requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).raise_for_status()
-                break
-            except requests.RequestException:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/healthz")
+                assert conn.getresponse().status == 200
+                conn.close()
+                if len(app.control.ping(destination=names, timeout=1.0)) == workers:
+                    break
+            except (OSError, AssertionError):
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("gunicorn or the Celery workers did not start in 60 s")
+            time.sleep(0.2)
         reset()
         _, api_time = post_all()  # 1. the API alone: jobs wait in the broker
-        procs += [subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "-Q", queue,
-             "-n", f"bench{i}-{os.getpid()}@%h", "--loglevel", "WARNING"], cwd=ROOT, env=env)
-            for i in range(workers)]
-        drain_time = wait_submitted(time.perf_counter())  # 2. the workers alone (incl. their start-up)
+        t0 = time.perf_counter()
+        app.control.add_consumer(queue, destination=names, reply=True)
+        drain_time = wait_submitted(t0)  # 2. the workers alone
         reset()
+        before = cpu_snapshot()
         t0, posted = post_all()  # 3. end to end
         elapsed = wait_submitted(t0)
-        print(f"portal end to end: {n} POSTs took {posted:.2f} s; all Slurm ids stored after {elapsed:.2f} s")
+        spent = cpu_by_group(before, cpu_snapshot(), {
+            web.pid: "web (gunicorn)", os.getpid(): "bench (clients, polling)",
+            **{p.pid: "celery workers" for p in celery}})
+        batches = Job.objects.filter(cluster=cluster).values("submitted_at").distinct().count()  # one per batch
+        print(f"portal end to end: {n} POSTs took {posted:.2f} s; all Slurm ids stored after {elapsed:.2f} s; "
+              f"{batches} batches (SSH execs)")
+        print("CPU per job during it (ms): " + ", ".join(
+            f"{k} {1000 * v / n:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])))
     finally:
         for p in procs:
             p.terminate()

@@ -1,3 +1,5 @@
+import copy
+
 from rest_framework import serializers
 
 from clusters.models import SlurmCluster
@@ -24,6 +26,17 @@ class JobSerializer(serializers.ModelSerializer):
             "estimated_core_hours", "used_core_hours", "created", "submitted_at", "started_at", "ended_at",
         ]
         read_only_fields = fields
+
+    _fields_built = None
+
+    def get_fields(self):
+        """The fields built from the model once per process and copied for
+        each instance (as DRF copies declared fields): building them from
+        the model is most of the cost of serializing one job."""
+        cls = type(self)
+        if cls.__dict__.get("_fields_built") is None:
+            cls._fields_built = super().get_fields()
+        return copy.deepcopy(cls._fields_built)
 
 
 class JobCreateSerializer(serializers.Serializer):

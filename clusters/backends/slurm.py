@@ -19,10 +19,19 @@ Job environment variables are written into the script as
 header -- never on the sbatch command line, so commas, quotes and newlines in
 values need no special casing. (sbatch keeps its default --export=ALL.)
 
+Many jobs at once: `submit_many` sends ONE exec, `sh -s` with a generated
+script on stdin that runs one `[sudo -n -u <user>] sbatch --parsable ...`
+per job (every argument shlex-quoted, as above; each job's script as a
+quoted here-document whose random delimiter does not occur in it, so nothing
+in a script is ever read by the outer shell) and brackets each job's output
+with marker lines carrying a random per-batch token (`parse_batch_output`),
+so each job gets its own Slurm id or its own error. See submit_many.
+
 Parsers are pure functions (`parse_squeue`, `parse_sacct`,
 `parse_partitions`, `parse_slurm_time`, `parse_timestamp`) for unit tests.
 """
 import re
+import secrets
 import shlex
 from datetime import datetime, timezone
 
@@ -255,6 +264,59 @@ def script_with_environment(script, environment):
     return "".join(body[:at] + lines + body[at:])
 
 
+BATCH_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _heredoc_delimiter(script):
+    """A random here-document delimiter that occurs nowhere in `script`."""
+    while True:
+        delimiter = f"NEPHELE_EOF_{secrets.token_hex(8)}"
+        if delimiter not in script:
+            return delimiter
+
+
+def _parsable_job_id(stdout):
+    """The job id from `sbatch --parsable` output ('123' or '123;cluster'),
+    the last such line (warnings may come first), or ''."""
+    for line in reversed(stdout.splitlines()):
+        m = re.match(r"^\s*([0-9]+)(;\S*)?\s*$", line)
+        if m:
+            return m.group(1)
+    return ""
+
+
+def parse_batch_output(stdout, stderr, token):
+    """A batch's output -> {key: (exit status or None, stdout, stderr)} for
+    every job whose begin marker appeared (status None: no end marker, so
+    sbatch may or may not have run). Marker lines are
+    '<token> begin <key>' and '<token> end <key> <status>'; the token is
+    random per batch, so no output can forge one."""
+    jobs = {}
+    current = None
+    for line in stdout.split("\n"):
+        if line.startswith(token + " "):
+            parts = line[len(token) + 1:].split(" ")
+            if len(parts) == 2 and parts[0] == "begin":
+                current = parts[1]
+                jobs[current] = [None, [], []]
+                continue
+            if len(parts) == 3 and parts[0] == "end" and parts[1] in jobs and parts[2].isdigit():
+                jobs[parts[1]][0] = int(parts[2])
+                current = None
+                continue
+        if current is not None:
+            jobs[current][1].append(line)
+    current = None
+    for line in stderr.split("\n"):
+        if line.startswith(token + " begin "):
+            current = line[len(token) + 7:]
+            continue
+        if current in jobs:
+            jobs[current][2].append(line)
+    return {key: (status, "\n".join(out).strip("\n"), "\n".join(err).strip("\n"))
+            for key, (status, out, err) in jobs.items()}
+
+
 # -- the client ---------------------------------------------------------------------
 
 
@@ -308,18 +370,20 @@ class SlurmClient:
             raise InvalidRequest(f"not a valid user to run as: {as_user!r}")
         return ["sudo", "-n", "-u", as_user] + argv
 
-    def _run(self, argv, *, stdin=None, env=None, ok=(0,)):
+    def _run(self, argv, *, stdin=None, env=None, ok=(0,), retry=True, timeout=None):
         """Run a command. Everything but sbatch is safe to run twice, so a
         connection lost mid-command is retried once (on the next node if
-        this one is gone); sbatch is not: the caller looks the job up first."""
+        this one is gone); sbatch is not (nor a batch: retry=False): the
+        caller looks the job up first."""
+        timeout = timeout or self.timeout
         try:
-            result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
+            result = self.pool.run(argv, stdin=stdin, timeout=timeout, env=self._env(env))
         except HostKeyMismatch:
             raise
         except BackendUnavailable:
-            if "sbatch" in argv:
+            if "sbatch" in argv or not retry:
                 raise
-            result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
+            result = self.pool.run(argv, stdin=stdin, timeout=timeout, env=self._env(env))
         if result.exit_status not in ok:
             raise CommandFailed(
                 f"{argv[0] if argv[0] != 'sudo' else argv[4]} failed with exit status {result.exit_status}"
@@ -381,6 +445,87 @@ class SlurmClient:
             raise CommandFailed(f"sbatch printed no job id: {result.stdout.strip()!r}",
                                 stderr=result.stderr, command=argv, exit_status=result.exit_status)
         return job_id
+
+    def batch_script(self, items, token):
+        """The shell script submit_many runs: per job, a begin marker on
+        stdout and stderr, the sbatch command with the job script as a
+        here-document, and an end marker with sbatch's exit status.
+        `items` are (key, argv, script) from `_batch_command` (validated,
+        each argv element quoted here); returns the script text."""
+        out = ["# Nephele batch submission (generated); one sbatch per job.\n"]
+        for key, argv, script in items:
+            delimiter = _heredoc_delimiter(script)
+            if not script.endswith("\n"):
+                script += "\n"  # a here-document ends at a line of its own
+            out.append(
+                f"printf '%s\\n' '{token} begin {key}'; printf '\\n%s\\n' '{token} begin {key}' >&2\n"
+                f"{' '.join(shlex.quote(a) for a in argv)} <<'{delimiter}'\n{script}{delimiter}\n"
+                f"printf '\\n%s %s\\n' '{token} end {key}' \"$?\"\n"
+            )
+        out.append("exit 0\n")
+        return "".join(out)
+
+    def _batch_command(self, req, as_user):
+        """(argv, script) for one job of a batch, or InvalidRequest."""
+        argv = self._as(as_user, self.sbatch_argv(req))
+        script = script_with_environment(req.script, req.environment)
+        if "\x00" in script:
+            raise InvalidRequest("the job script contains a NUL byte")
+        return argv, script
+
+    def submit_many(self, items, *, timeout=None):
+        """Submit several jobs with ONE command on the node (see the module
+        docstring). `items` are (key, SubmitRequest, as_user) with a unique
+        short key per job (letters, digits, `_.-`). Returns {key: result}:
+        the Slurm job id (str) if sbatch accepted the job; InvalidRequest if
+        it never left the portal; CommandFailed if sbatch refused it (its
+        stderr in the message); BackendUnavailable if it is unknown whether
+        sbatch ran for it (the node stopped in the middle of the batch):
+        look such jobs up by name before submitting them again.
+
+        Raises BackendUnavailable if the exec as a whole failed (no node,
+        connection broken, timeout): then any job may or may not have been
+        submitted. The exec is never retried here. If the connection goes
+        away mid-batch, the script dies at its next marker (SIGPIPE on the
+        closed channel) before starting another sbatch."""
+        results, commands = {}, []
+        for key, req, as_user in items:
+            key = str(key)
+            if not BATCH_KEY.match(key) or key in results:
+                raise ValueError(f"batch keys must be unique words: {key!r}")
+            try:
+                argv, script = self._batch_command(req, as_user)
+            except InvalidRequest as exc:
+                results[key] = exc
+                continue
+            results[key] = None
+            commands.append((key, argv, script))
+        if not commands:
+            return results
+        token = f"nephele-batch-{secrets.token_hex(12)}"
+        text = self.batch_script(commands, token)
+        # Room for every sbatch: ~10 ms each, seconds when slurmctld is busy.
+        wait = timeout or self.timeout + 2 * len(commands)
+        res = self._run(["sh", "-s"], stdin=text, retry=False, timeout=wait, ok=range(256))
+        parsed = parse_batch_output(res.stdout, res.stderr, token)
+        for key, _argv, _script in commands:
+            entry = parsed.get(key)
+            if entry is None or entry[0] is None:
+                results[key] = BackendUnavailable(
+                    f"the batch stopped before sbatch reported on this job (exit status {res.exit_status}"
+                    f" on {res.node})", stderr=res.stderr)
+                continue
+            status, stdout, stderr = entry
+            job_id = _parsable_job_id(stdout)
+            if status == 0 and job_id:
+                results[key] = job_id
+            else:
+                detail = stderr.strip() or stdout.strip() or f"exit status {status}"
+                results[key] = CommandFailed(
+                    f"sbatch failed with exit status {status} on {res.node}: {detail}" if status
+                    else f"sbatch printed no job id: {stdout.strip()!r}",
+                    stderr=stderr, command="sbatch", exit_status=status)
+        return results
 
     def ensure_dir(self, path, mode="1777"):
         """mkdir -p PATH as the service user, and chmod it (1777 by default,
@@ -545,5 +690,5 @@ class SlurmClient:
 
 __all__ = [
     "SlurmClient", "parse_squeue", "parse_sacct", "parse_partitions", "parse_slurm_time", "parse_timestamp",
-    "script_with_environment", "BackendError",
+    "parse_batch_output", "script_with_environment", "BackendError",
 ]

@@ -133,27 +133,33 @@ def test_command_node_down_fails_over_to_the_next(slurm):
 
 def test_worker_killed_after_sbatch_does_not_submit_twice(slurm, celery_eager, monkeypatch):
     # The worker dies right after sbatch: the job stays `submitting` with no id.
-    real_submit = SlurmClient.submit
+    real_submit_many = SlurmClient.submit_many
     made = []
 
-    def submit_then_die(self, request, *, as_user=None):
-        made.append(real_submit(self, request, as_user=as_user))
+    def submit_then_die(self, items, **kwargs):
+        made.append(real_submit_many(self, items, **kwargs))
         raise SystemExit("worker killed")
 
-    monkeypatch.setattr(SlurmClient, "submit", submit_then_die)
+    monkeypatch.setattr(SlurmClient, "submit_many", submit_then_die)
     with pytest.raises(SystemExit):
         create(slurm, script="#!/bin/bash\n#SBATCH --hold\ntrue\n")
     job = Job.objects.get(name="hello", owner=slurm.alice)
     assert job.state == State.SUBMITTING and job.scheduler_id == ""
-    monkeypatch.setattr(SlurmClient, "submit", real_submit)
+    monkeypatch.setattr(SlurmClient, "submit_many", real_submit_many)
+    slurm_id = made[0][str(job.pk)]
 
-    # The retry finds the job by its name and adopts it.
+    # The job's own message, redelivered soon after, leaves it alone (for all
+    # it knows another worker is submitting it right now) ...
+    services.jobs_submit_batch(job_ids=[job.pk])
+    job.refresh_from_db()
+    assert job.state == State.SUBMITTING
+    # ... the explicit retry finds the job by its name and adopts it.
     services.job_submit(job_id=job.pk)
 
     job.refresh_from_db()
     assert job.state == State.PENDING
-    assert job.scheduler_id == made[0]
-    assert slurm_client(slurm.cluster).find_jobs_by_name([job.slurm_name])[job.slurm_name] == [made[0]]
+    assert job.scheduler_id == slurm_id
+    assert slurm_client(slurm.cluster).find_jobs_by_name([job.slurm_name])[job.slurm_name] == [slurm_id]
     services.job_cancel(job=job, actor=slurm.alice)
 
 
@@ -203,13 +209,13 @@ def test_sync_reads_all_active_jobs_with_one_squeue_call(slurm, monkeypatch):
 
 def test_over_quota_is_refused_before_the_cluster_sees_anything(slurm, monkeypatch):
     called = []
-    real_submit = SlurmClient.submit
+    real_submit_many = SlurmClient.submit_many
 
-    def counting_submit(self, request, **kwargs):
-        called.append(1)
-        return real_submit(self, request, **kwargs)
+    def counting_submit(self, items, **kwargs):
+        called.extend(1 for _ in items)
+        return real_submit_many(self, items, **kwargs)
 
-    monkeypatch.setattr(SlurmClient, "submit", counting_submit)
+    monkeypatch.setattr(SlurmClient, "submit_many", counting_submit)
     Quota.objects.filter(project=slurm.alpha, resource="core_hours").update(limit=10, used=8)
 
     with pytest.raises(QuotaExceeded) as info:
