@@ -38,5 +38,7 @@ def test_the_worker_boots_and_follows_a_server_until_it_is_up(worker, vmbed):
 
     vms.server_delete_request(server=server, actor=v.member)
     server = wait_db(server, lambda s: s.state == "deleted")
+    # its floating IP is released by a task of its own, a moment later
+    wait_db(server, lambda s: s.project.floating_ips.filter(state="released").exists())
     assert not Quota.objects.filter(project=v.project, used__gt=0).exists()
     assert not Quota.objects.filter(project=v.project, reserved__gt=0).exists()
