@@ -34,13 +34,18 @@ def slurm_client(cluster):
 
 def posix_username(*, user, cluster):
     """The user's POSIX name on `cluster`, or a ValidationError telling them
-    to ask staff for one."""
-    account = PosixAccount.objects.filter(user=user, cluster=cluster).first()
-    if account is None:
+    to ask staff for one. Asks the database unless the cluster was looked
+    up knowing it (jobs.selectors.cluster_for_submission)."""
+    known = getattr(cluster, "posix_names_known", {})
+    if user.pk in known:
+        username = known[user.pk]
+    else:
+        username = PosixAccount.objects.filter(user=user, cluster=cluster).values_list("username", flat=True).first()
+    if username is None:
         raise ValidationError(
             {"cluster": f"You have no user name on {cluster.name} yet: ask the staff to set one up."}
         )
-    return account.username
+    return username
 
 
 @transaction.atomic

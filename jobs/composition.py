@@ -134,11 +134,27 @@ def _check_environment(environment):
             raise ValidationError({"environment": f"The value of {key} must be text."})
 
 
+def _role_of(user, project):
+    """The user's role in the project, known if the project was looked up
+    for them (jobs.selectors.project_for_submission), else asked."""
+    known = getattr(project, "roles_known", {})
+    return known[user.pk] if user.pk in known else project_selectors.role_of(user, project)
+
+
+def _account_for(cluster, project):
+    """The project's Slurm account on the cluster, the mapping known if the
+    cluster was looked up with the project (jobs.selectors.cluster_for_submission)."""
+    known = getattr(cluster, "accounts_known", {})
+    if project.slug in known:
+        return known[project.slug] or project.slug
+    return cluster.account_for(project)
+
+
 def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes=None, cpus=None, memory_mb=None,
                 time_limit_minutes=None, gpus=None, array="", environment=None, template=None, parameters=None):
     """A validated, unsaved Job. Resources not given come from the template,
     if any, else one node, one CPU, no GPU and the partition's time limit."""
-    if not (owner.is_staff or project_selectors.role_of(owner, project)):
+    if not (owner.is_staff or _role_of(owner, project)):
         raise ValidationError({"project": "You are not a member of this project."})
     if not project.is_active:
         raise ValidationError({"project": f"Project {project.name} is {project.get_status_display().lower()}."})
@@ -174,7 +190,7 @@ def job_prepare(*, owner, project, cluster, name, script="", partition="", nodes
         project=project, owner=owner, cluster=cluster, template=template, template_parameters=parameters or {},
         name=name, script=script, partition=partition, nodes=nodes, cpus=cpus, memory_mb=memory_mb,
         time_limit_minutes=time_limit_minutes, gpus=gpus, array=array or "", environment=environment,
-        posix_user=posix_user, account=cluster.account_for(project),
+        posix_user=posix_user, account=_account_for(cluster, project),
     )
     job.full_clean(exclude=["project", "owner", "cluster", "template"], validate_unique=False)
     return job

@@ -2,14 +2,29 @@ import copy
 
 from rest_framework import serializers
 
-from clusters.models import SlurmCluster
-from projects import selectors as project_selectors
-
-from . import services
+from . import selectors, services
 from .models import Job, JobTemplate
 
 
-class JobSerializer(serializers.ModelSerializer):
+class FieldsBuiltOnce:
+    """Fields built once per process and copied for each serializer. DRF
+    builds every field afresh for each serializer (ModelSerializer from the
+    model, Serializer by deep-copying the declared ones, which calls each
+    field's __init__ again), a good part of the cost of a job POST. A shallow
+    copy is enough: binding sets attributes of the copy only, and what the
+    copies share (validator lists, error messages, a DictField's child
+    field) is only read after the field's __init__."""
+
+    _fields_built = None
+
+    def get_fields(self):
+        cls = type(self)
+        if cls.__dict__.get("_fields_built") is None:
+            cls._fields_built = super().get_fields()
+        return {name: copy.copy(field) for name, field in cls._fields_built.items()}
+
+
+class JobSerializer(FieldsBuiltOnce, serializers.ModelSerializer):
     project = serializers.CharField(source="project.slug", read_only=True)
     cluster = serializers.CharField(source="cluster.name", read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)
@@ -27,19 +42,8 @@ class JobSerializer(serializers.ModelSerializer):
         ]
         read_only_fields = fields
 
-    _fields_built = None
 
-    def get_fields(self):
-        """The fields built from the model once per process and copied for
-        each instance (as DRF copies declared fields): building them from
-        the model is most of the cost of serializing one job."""
-        cls = type(self)
-        if cls.__dict__.get("_fields_built") is None:
-            cls._fields_built = super().get_fields()
-        return copy.deepcopy(cls._fields_built)
-
-
-class JobCreateSerializer(serializers.Serializer):
+class JobCreateSerializer(FieldsBuiltOnce, serializers.Serializer):
     project = serializers.SlugField(help_text="Project slug.")
     cluster = serializers.CharField(help_text="Cluster name.")
     name = serializers.CharField(max_length=100)
@@ -57,14 +61,21 @@ class JobCreateSerializer(serializers.Serializer):
     template = serializers.IntegerField(required=False, allow_null=True)
     parameters = serializers.DictField(required=False)
 
+    # The lookups fetch what composing the job needs next (role, POSIX
+    # name, Slurm account) in the same query: see jobs.selectors.
+
     def validate_project(self, slug):
-        project = project_selectors.projects_visible_to(self.context["request"].user).filter(slug=slug).first()
+        project = selectors.project_for_submission(self.context["request"].user, slug)
         if project is None:
             raise serializers.ValidationError(f"No project {slug!r} of yours.")
         return project
 
     def validate_cluster(self, name):
-        cluster = SlurmCluster.objects.filter(name=name).first()
+        # The project as given (fields are validated one by one): only its
+        # account mapping is looked up with it, under its slug.
+        project_slug = self.initial_data.get("project")
+        cluster = selectors.cluster_for_submission(self.context["request"].user, name, project_slug=(
+            project_slug if isinstance(project_slug, str) else None))
         if cluster is None:
             raise serializers.ValidationError(f"No cluster {name!r}.")
         return cluster

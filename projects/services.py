@@ -12,7 +12,7 @@ from auditlog.context import set_actor
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.mail import send_mail
-from django.db import transaction
+from django.db import connection, transaction
 from django.template.loader import render_to_string
 from django.utils import timezone
 
@@ -292,11 +292,65 @@ def _move(quota, share, *, reserved=0, used=0):
     return quota
 
 
-@transaction.atomic
 def quota_reserve(*, project, user, resource, amount):
     """Claim `amount` of `resource` for `user` in `project`, or raise
-    QuotaExceeded. Locks the quota row, so concurrent callers queue up."""
+    QuotaExceeded. Locks the quota row, so concurrent callers queue up.
+
+    Every job submission passes here, so the usual case takes two guarded
+    UPDATEs (see _reserve_guarded) instead of a savepoint, two SELECT ... FOR
+    UPDATE and two UPDATEs. Refusals and a member's first claim (no usage
+    row yet) take the locking path below, which names the limit exceeded."""
     _check_amount(amount)
+    # No savepoint: the guarded path raises nothing of its own, and on a
+    # database error the enclosing transaction is lost anyway.
+    with transaction.atomic(savepoint=False):
+        quota = _reserve_guarded(project, user, resource, amount)
+    return quota if quota is not None else _reserve_locked(project, user, resource, amount)
+
+
+def _reserve_guarded(project, user, resource, amount):
+    """Add `amount` to the project's and the member's `reserved` only where
+    it fits under the limits, in one UPDATE each. The first locks the quota
+    row, as _locked does and in the same order (quota, then member), so
+    concurrent callers still queue up and never deadlock with the other
+    quota_* functions. Returns the quota, or None with nothing changed when
+    it did not fit or the member has no usage row yet."""
+    quota_table, usage_table = Quota._meta.db_table, MemberUsage._meta.db_table
+    # The quota's fields but `updated`: that is the time written here (read
+    # back, it would need the backend's converters on SQLite).
+    fields = [f for f in Quota._meta.concrete_fields if f.attname != "updated"]
+    now = timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE {quota_table} SET reserved = reserved + %s, updated = %s '
+            f'WHERE project_id = %s AND resource = %s AND used + reserved + %s <= "limit" '
+            f'RETURNING {", ".join(connection.ops.quote_name(f.column) for f in fields)}',
+            [amount, connection.ops.adapt_datetimefield_value(now), project.pk, resource, amount])
+        row = cursor.fetchone()
+        if row is None:
+            return None  # over the project's limit (or no such quota)
+        quota = Quota.from_db(connection.alias, [f.attname for f in fields], row)
+        quota.updated = now
+        under_member_limit, params = "", [amount, quota.pk, user.pk]
+        if quota.per_member_limit is not None:
+            under_member_limit, params = " AND used + reserved + %s <= %s", [*params, amount, quota.per_member_limit]
+        cursor.execute(
+            f"UPDATE {usage_table} SET reserved = reserved + %s "
+            f"WHERE quota_id = %s AND user_id = %s{under_member_limit} RETURNING id", params)
+        if cursor.fetchone() is None:
+            # Over the member's limit, or their first claim: give the
+            # project's claim back (exact: we hold the row's lock; only its
+            # `updated` time stays moved, undone with the job's transaction
+            # when the claim is refused).
+            cursor.execute(f"UPDATE {quota_table} SET reserved = reserved - %s WHERE id = %s", [amount, quota.pk])
+            return None
+    return quota
+
+
+@transaction.atomic
+def _reserve_locked(project, user, resource, amount):
+    """quota_reserve the slow way: lock both rows (creating the member's),
+    then check, naming the limit exceeded with the current figures."""
     quota, share = _locked(project, resource, user)
     if quota.consumed + amount > quota.limit:
         raise QuotaExceeded(quota=quota, requested=amount, scope="project", current=quota.consumed, limit=quota.limit)
