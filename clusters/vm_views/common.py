@@ -8,11 +8,13 @@ from django.shortcuts import get_object_or_404, render
 from django.utils.cache import patch_vary_headers
 from django.utils.http import url_has_allowed_host_and_scheme
 
+from portal.listing import paginate, querystring_without, sort_queryset
 from projects import selectors as project_selectors
 from projects.models import Resource
 from projects.services import QuotaExceeded
 
 from .. import vms
+from ..models import Cloud
 from ..vm_forms import launchable_projects
 
 # The quotas a create form draws on, in the order shown.
@@ -91,6 +93,34 @@ def list_response(request, template, table_template, context):
     response = render(request, table_template if partial else template, context)
     patch_vary_headers(response, ["HX-Request", "HX-History-Restore-Request"])
     return response
+
+
+def record_list(request, qs, *, states, sorts, search, templates):
+    """The server and volume lists: state filter (deleted ones only when
+    asked for), project, cloud, search (`search(q)` gives the Q), sorting
+    and pagination; htmx filter requests get only the table."""
+    query = request.GET.get("q", "").strip()
+    state = request.GET.get("state", "")
+    if state not in states.values:
+        state = ""
+    project, cloud = request.GET.get("project", ""), request.GET.get("cloud", "")
+    qs = qs.filter(state=state) if state else qs.exclude(state=states.DELETED)
+    if project:
+        qs = qs.filter(project__slug=project)
+    if cloud:
+        qs = qs.filter(cloud__name=cloud)
+    if query:
+        qs = qs.filter(search(query))
+    qs, sort = sort_queryset(request, qs, sorts, "-created")
+    context = {
+        "page": paginate(request, qs), "query": query, "state": state, "sort": sort, "project": project,
+        "cloud": cloud, "states": states.choices,
+        "projects": project_selectors.projects_visible_to(request.user).order_by("name"),
+        "clouds": Cloud.objects.filter(enabled=True).order_by("name"),
+        "sort_qs": querystring_without(request, "sort", "page"),
+        "page_qs": querystring_without(request, "page"),
+    }
+    return list_response(request, *templates, context)
 
 
 def quota_rows(project, user, kind):

@@ -8,20 +8,17 @@ from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from portal.listing import paginate, querystring_without, sort_queryset
-from projects import selectors as project_selectors
 from projects.services import QuotaExceeded
 
 from .. import vms
-from ..models import Cloud
 from ..vm_forms import AttachVolumeForm, ResizeForm, ServerForm, image_label, profile_label
 from ..vm_models import FloatingIPState, ServerState, VolumeState
 from .common import (
+    record_list,
     attach_errors,
     can_act,
     check_can_act,
     form_error_message,
-    list_response,
     quota_context,
     run_request,
     server_for,
@@ -40,30 +37,9 @@ EVENTS_SHOWN = 50
 
 @login_required
 def server_list(request):
-    query = request.GET.get("q", "").strip()
-    state = request.GET.get("state", "")
-    if state not in S.values:
-        state = ""
-    project, cloud = request.GET.get("project", ""), request.GET.get("cloud", "")
-    qs = vms.servers_visible_to(request.user)
-    qs = qs.filter(state=state) if state else qs.exclude(state=S.DELETED)
-    if project:
-        qs = qs.filter(project__slug=project)
-    if cloud:
-        qs = qs.filter(cloud__name=cloud)
-    if query:
-        qs = qs.filter(Q(name__icontains=query) | Q(addresses__icontains=query))
-    qs, sort = sort_queryset(request, qs, SERVER_SORTS, "-created")
-    page = paginate(request, qs)
-    context = {
-        "page": page, "query": query, "state": state, "sort": sort, "project": project, "cloud": cloud,
-        "states": S.choices,
-        "projects": project_selectors.projects_visible_to(request.user).order_by("name"),
-        "clouds": Cloud.objects.filter(enabled=True).order_by("name"),
-        "sort_qs": querystring_without(request, "sort", "page"),
-        "page_qs": querystring_without(request, "page"),
-    }
-    return list_response(request, "clusters/vms/server_list.html", "clusters/vms/_server_table.html", context)
+    return record_list(request, vms.servers_visible_to(request.user), states=S, sorts=SERVER_SORTS,
+                       search=lambda q: Q(name__icontains=q) | Q(addresses__icontains=q),
+                       templates=("clusters/vms/server_list.html", "clusters/vms/_server_table.html"))
 
 
 @login_required

@@ -7,20 +7,17 @@ from django.db.models import Q
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from portal.listing import paginate, querystring_without, sort_queryset
-from projects import selectors as project_selectors
 from projects.services import QuotaExceeded
 
 from .. import vms
-from ..models import Cloud
 from ..vm_forms import AttachServerForm, VolumeForm
 from ..vm_models import VolumeState
 from .common import (
+    record_list,
     attach_errors,
     can_act,
     check_can_act,
     form_error_message,
-    list_response,
     quota_context,
     run_request,
     safe_next,
@@ -37,30 +34,9 @@ ATTACHED = (V.ATTACHING, V.IN_USE, V.DETACHING)
 
 @login_required
 def volume_list(request):
-    query = request.GET.get("q", "").strip()
-    state = request.GET.get("state", "")
-    if state not in V.values:
-        state = ""
-    project, cloud = request.GET.get("project", ""), request.GET.get("cloud", "")
-    qs = vms.volumes_visible_to(request.user)
-    qs = qs.filter(state=state) if state else qs.exclude(state=V.DELETED)
-    if project:
-        qs = qs.filter(project__slug=project)
-    if cloud:
-        qs = qs.filter(cloud__name=cloud)
-    if query:
-        qs = qs.filter(Q(name__icontains=query) | Q(server__name__icontains=query))
-    qs, sort = sort_queryset(request, qs, VOLUME_SORTS, "-created")
-    page = paginate(request, qs)
-    context = {
-        "page": page, "query": query, "state": state, "sort": sort, "project": project, "cloud": cloud,
-        "states": V.choices,
-        "projects": project_selectors.projects_visible_to(request.user).order_by("name"),
-        "clouds": Cloud.objects.filter(enabled=True).order_by("name"),
-        "sort_qs": querystring_without(request, "sort", "page"),
-        "page_qs": querystring_without(request, "page"),
-    }
-    return list_response(request, "clusters/vms/volume_list.html", "clusters/vms/_volume_table.html", context)
+    return record_list(request, vms.volumes_visible_to(request.user), states=V, sorts=VOLUME_SORTS,
+                       search=lambda q: Q(name__icontains=q) | Q(server__name__icontains=q),
+                       templates=("clusters/vms/volume_list.html", "clusters/vms/_volume_table.html"))
 
 
 @login_required
