@@ -190,13 +190,15 @@ def main():
     t = time.perf_counter()
     lines = generate(args.n, users, accounts, steps=args.steps)
     print(f"generated {len(lines):,} lines in {time.perf_counter() - t:.1f} s")
-    users, projects = ingest.load_maps(cluster.pk)
     from django.db import connection
 
+    users, projects = ingest.load_maps(cluster.pk)
+    with connection.cursor() as cursor:
+        jobs = ingest._portal_jobs(cursor, cluster.pk, len(lines))  # as the ingest reads them
     formatting = connection.connection.cursor()  # rows formatted for COPY, as in the ingest (nothing is sent)
     t0 = time.perf_counter()
     for _ in ingest.parse(lines, ingest.Batch(), users=users, projects=projects, cluster_id=cluster.pk,
-                          cursor=formatting):
+                          cursor=formatting, jobs=jobs):
         pass
     t_parse = time.perf_counter() - t0
     t0 = time.perf_counter()
