@@ -231,7 +231,8 @@ def test_servers_on_two_clouds_are_kept_apart(vmbed):
     there = v.wait_server(there, ["active"])
     assert vms.common._client(there).region == v.bed.regions[1]
 
-    assert vms.cloud_sync(v.cloud) == {"servers": 0, "volumes": 0, "servers_gone": 0, "volumes_gone": 0}
+    assert vms.cloud_sync(v.cloud) == {"servers": 0, "volumes": 0, "servers_gone": 0, "volumes_gone": 0,
+                                       "servers_adopted": 0}
     assert vms.cloud_sync(two)["servers"] == 1
     there.refresh_from_db()
     assert there.state == "active" and there.cloud == two
@@ -269,3 +270,27 @@ def test_a_server_deleted_while_nova_creates_it_leaves_nothing_on_the_cloud(vmbe
     while cloud_servers(v) and time.monotonic() < deadline:
         time.sleep(1)
     assert cloud_servers(v) == [] and counters(v.project) == {}
+
+
+def test_the_sync_adopts_a_server_whose_worker_died_after_the_create_was_sent(vmbed):
+    """The worker sent the create and died before recording nova's answer
+    (and its task is gone): the periodic sync finds the server by the uid in
+    its metadata, in the list it reads anyway, and adopts it; no second boot."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    v = vmbed
+    with TestCase.captureOnCommitCallbacks(execute=False):  # the boot task is lost
+        server = vms.server_request(owner=v.member, project=v.project, cloud=v.cloud, profile=v.small,
+                                    image=v.image, name="orphaned")
+    vms.common._client(server).create_server("orphaned", v.small.cloud_flavors.get().flavor_id, v.image.image_id,
+                                             network="private", metadata={"nephele_uid": str(server.uid)})
+    assert vms.cloud_sync(v.cloud)["servers_adopted"] == 0  # too recent: its boot may still be recording it
+    Server.objects.filter(pk=server.pk).update(created=timezone.now() - timedelta(minutes=3))
+
+    assert vms.cloud_sync(v.cloud)["servers_adopted"] == 1
+    server = v.wait_server(server, ["active"])
+    assert len(cloud_servers(v)) == 1 and server.openstack_id == cloud_servers(v)[0].id
+    assert counters(v.project)["instances"] == (1, 0)
+    assert any("Adopted by the periodic sync" in m for m in server.events.values_list("message", flat=True))
