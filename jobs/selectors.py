@@ -5,19 +5,13 @@ from django.shortcuts import get_object_or_404
 
 from clusters.models import ClusterAccount, PosixAccount, SlurmCluster
 from projects.models import Membership, Project
+from projects.selectors import owned_or_managed
 
 from .models import Job
 
 
 def jobs_visible_to(user):
-    if not user.is_authenticated:
-        return Job.objects.none()
-    qs = Job.objects.select_related("project", "owner", "cluster")
-    if user.is_staff:
-        return qs
-    managed = user.memberships.filter(role="manager").values("project_id")
-    member_of = user.memberships.values("project_id")
-    return qs.filter(Q(owner=user, project_id__in=member_of) | Q(project_id__in=managed))
+    return owned_or_managed(Job.objects.select_related("project", "owner", "cluster"), user)
 
 
 def job_for(user, pk):

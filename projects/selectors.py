@@ -17,6 +17,19 @@ def projects_visible_to(user):
     return qs
 
 
+def owned_or_managed(qs, user):
+    """The tenant rule of what users launch (jobs, servers, volumes): members
+    see their own in their projects, managers all of their projects', staff
+    everything. `qs` is any queryset of a model with `owner` and `project`."""
+    if not user.is_authenticated:
+        return qs.none()
+    if user.is_staff:
+        return qs
+    managed = user.memberships.filter(role="manager").values("project_id")
+    member_of = user.memberships.values("project_id")
+    return qs.filter(Q(owner=user, project_id__in=member_of) | Q(project_id__in=managed))
+
+
 def project_for(user, slug):
     """The project with this slug if the user may see it, else 404."""
     return get_object_or_404(projects_visible_to(user), slug=slug)

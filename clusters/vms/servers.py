@@ -127,7 +127,7 @@ def server_resize_request(*, server, profile, actor):
         raise _field_error("profile", f"Server {server.name} already has profile {profile.name}.")
     if not profiles_offered(server.cloud).filter(pk=profile.pk).exists():
         raise _field_error("profile", f"Profile {profile.name} is not offered on {server.cloud.name}.")
-    grow = {k: v for k, v in _add(profile.cost(), server.profile.cost(), -1).items() if v > 0}
+    grow = _growth(server.profile, profile)
     project_services.quota_reserve_many(project=server.project, user=server.owner, amounts=grow)
     Server.objects.filter(pk=server.pk).update(
         resize_to=profile, task_state="resize_prep", quota_reserved=_add(server.quota_reserved, grow))
@@ -281,12 +281,22 @@ def server_resize_run(*, server_id):
     return server_refresh(server_id=server_id)
 
 
+def _growth(old, new):
+    """What a resize from profile `old` to `new` takes beyond the current
+    cost: the positive part of the difference, {resource: amount}."""
+    return {k: v for k, v in _add(new.cost(), old.cost(), -1).items() if v > 0}
+
+
+def _growth_held(server):
+    """The part of the running resize's growth the server still holds as reserved."""
+    return {k: min(v, server.quota_reserved.get(k, 0)) for k, v in _growth(server.profile, server.resize_to).items()}
+
+
 def _resize_failed(server, message):
     with transaction.atomic():
         server = _locked_server(server.pk)
         if server.resize_to_id:
-            grow = {k: v for k, v in _add(server.resize_to.cost(), server.profile.cost(), -1).items() if v > 0}
-            grow = {k: min(v, server.quota_reserved.get(k, 0)) for k, v in grow.items()}
+            grow = _growth_held(server)
             project_services.quota_move_many(project=server.project, user=server.owner,
                                              reserved={k: -v for k, v in grow.items()})
             Server.objects.filter(pk=server.pk).update(
@@ -442,14 +452,11 @@ def _has_flavor(server, rec, profile):
 def _finish_resize(server, now):
     """The cloud runs the new flavor: used moves from the old cost to the
     new one, the resize's reservation is consumed."""
-    old, new = server.profile.cost(), server.resize_to.cost()
-    grow = {k: v for k, v in _add(new, old, -1).items() if v > 0}
-    delta = _add(new, old, -1)
+    held = _growth_held(server)
+    delta = _add(server.resize_to.cost(), server.profile.cost(), -1)
     project_services.quota_move_many(project=server.project, user=server.owner,
-                                     reserved={k: -min(v, server.quota_reserved.get(k, 0)) for k, v in grow.items()},
-                                     used=delta)
-    server.quota_reserved = _add(server.quota_reserved, {k: min(v, server.quota_reserved.get(k, 0))
-                                                         for k, v in grow.items()}, -1)
+                                     reserved={k: -v for k, v in held.items()}, used=delta)
+    server.quota_reserved = _add(server.quota_reserved, held, -1)
     server.quota_used = _add(server.quota_used, delta)
     Server.objects.filter(pk=server.pk).update(quota_reserved=server.quota_reserved, quota_used=server.quota_used,
                                                profile=server.resize_to)

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from projects.models import Project, Resource
+from projects.selectors import owned_or_managed
 
 from ..catalog import images_for, profiles_offered
 from ..clouds import openstack_client
@@ -133,27 +134,13 @@ def register_recounters():
 # --------------------------------------------------------------------------- reads
 
 
-def _owned_or_managed(qs, user):
-    """The tenant rule of servers and volumes (as of jobs): members see their
-    own in their projects, managers all of their projects', staff everything."""
-    from django.db.models import Q
-
-    if not user.is_authenticated:
-        return qs.none()
-    if user.is_staff:
-        return qs
-    managed = user.memberships.filter(role="manager").values("project_id")
-    member_of = user.memberships.values("project_id")
-    return qs.filter(Q(owner=user, project_id__in=member_of) | Q(project_id__in=managed))
-
-
 def servers_visible_to(user):
-    return _owned_or_managed(Server.objects.select_related("project", "owner", "cloud", "profile")
+    return owned_or_managed(Server.objects.select_related("project", "owner", "cloud", "profile")
                              .prefetch_related("floating_ip_set", "volumes"), user)  # Server.is_busy reads them
 
 
 def volumes_visible_to(user):
-    return _owned_or_managed(Volume.objects.select_related("project", "owner", "cloud", "server"), user)
+    return owned_or_managed(Volume.objects.select_related("project", "owner", "cloud", "server"), user)
 
 
 def ssh_keys_of(user):
