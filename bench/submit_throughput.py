@@ -143,7 +143,7 @@ def cpu_by_group(before, after, roots):
                 group = roots[up]
                 break
             up, hops = after.get(up, (None, 0, 0))[1], hops + 1
-        group = group or by_name.get(name, "everything else on the machine")
+        group = group or by_name.get(name, f"other: {name}")
         totals[group] = totals.get(group, 0.0) + spent
     return totals
 

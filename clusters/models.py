@@ -26,6 +26,11 @@ class SlurmCluster(models.Model):
         help_text="Pinned host keys in known_hosts format (`[host]:port keytype base64`); unknown keys are refused."
     )
     sudo_mode = models.CharField(max_length=16, choices=SudoMode.choices, default=SudoMode.SUDO)
+    submit_lanes = models.PositiveSmallIntegerField(
+        default=2, validators=[MinValueValidator(1), MaxValueValidator(8)],
+        help_text="sbatch sessions a large batch of submissions runs side by side on the command node "
+                  "(1: one after the other). Batches under 8 jobs per session always run as one.",
+    )
     work_prefix = models.CharField(
         max_length=255, default="/tmp/nephele", help_text="Per-user work and log directories are $PREFIX/$USER."
     )

@@ -178,6 +178,7 @@ def cluster_import(*, data, ssh_private_key="", known_hosts=""):
         )
         cluster.ssh_user = item.get("ssh-user", cluster.ssh_user)
         cluster.sudo_mode = item.get("sudo-mode", cluster.sudo_mode)
+        cluster.submit_lanes = item.get("submit-lanes", cluster.submit_lanes)
         cluster.work_prefix = item.get("home-prefix", item.get("bwvisu-home-prefix", cluster.work_prefix))
         cluster.slurm_conf = item.get("slurm-conf", cluster.slurm_conf)
         cluster.gateway_nodes = item.get("gateway-nodes", cluster.gateway_nodes)
@@ -217,6 +218,7 @@ def cluster_export(*, clusters):
                 "port-range": c.port_range,
                 "ssh-user": c.ssh_user,
                 "sudo-mode": c.sudo_mode,
+                "submit-lanes": c.submit_lanes,
                 "slurm-conf": c.slurm_conf,
             }
             for c in clusters

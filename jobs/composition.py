@@ -6,7 +6,7 @@ import re
 import shlex
 
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils import timezone
 
 from clusters import services as cluster_services
@@ -93,7 +93,8 @@ def default_time_limit(cluster, partition_name=""):
 def _check_partition(cluster, name, *, nodes, cpus, memory_mb, time_limit_minutes):
     """The partition to use (its name) and the time limit: the one asked for,
     else the partition's default, else an hour capped at its maximum."""
-    partitions = {p.name: p for p in cluster.partitions.all()}
+    known = getattr(cluster, "partitions_known", None)  # see jobs.selectors.cluster_for_submission
+    partitions = {p.name: p for p in (cluster.partitions.all() if known is None else known)}
     if not name:
         default = next((p for p in partitions.values() if p.is_default), None)
         partition = default
@@ -207,13 +208,17 @@ def job_create(*, owner, project, cluster, **fields):
     job.state = State.QUEUED  # created ready for the worker: its first state, not a change
     job.state_changed = timezone.now()
     job.workdir = cluster_services.user_workdir(cluster=cluster, username=job.posix_user)
-    job.save()
-    # File names carry the Slurm job name, which needs the primary key; an
-    # array's tasks each get their own files (%a: Slurm puts the task id in).
-    task = ".%a" if job.array else ""
-    job.output_path = f"{job.workdir}/{job.slurm_name}{task}.out"
-    job.error_path = f"{job.workdir}/{job.slurm_name}{task}.err"
-    Job.objects.filter(pk=job.pk).update(output_path=job.output_path, error_path=job.error_path)
+    # File names carry the Slurm job name, which needs the primary key: taken
+    # from the table's sequence first where there is one, so the row is
+    # written once; elsewhere saved, then named.
+    job.pk = _next_job_id()
+    if job.pk is not None:
+        _name_output_files(job)
+        job.save(force_insert=True)
+    else:
+        job.save()
+        _name_output_files(job)
+        Job.objects.filter(pk=job.pk).update(output_path=job.output_path, error_path=job.error_path)
     # Reserve last: the quota row stays locked from here to the commit, so
     # concurrent submissions to one project queue behind each other only for
     # that moment. Over the quota, the whole transaction (the job too) is
@@ -222,6 +227,22 @@ def job_create(*, owner, project, cluster, **fields):
     if submission.batch_anchor(job) is None:  # else it goes with that job's batch
         transaction.on_commit(lambda: _send_submit_message(job))
     return job
+
+
+def _next_job_id():
+    """A fresh primary key for a job (PostgreSQL), else None."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT nextval(pg_get_serial_sequence(%s, %s))", [Job._meta.db_table, Job._meta.pk.column])
+        return cursor.fetchone()[0]
+
+
+def _name_output_files(job):
+    # An array's tasks each get their own files (%a: Slurm puts the task id in).
+    task = ".%a" if job.array else ""
+    job.output_path = f"{job.workdir}/{job.slurm_name}{task}.out"
+    job.error_path = f"{job.workdir}/{job.slurm_name}{task}.err"
 
 
 def _send_submit_message(job):

@@ -1,9 +1,12 @@
 """Reads filtered by tenant: members see their own jobs, managers all jobs
 of their projects, staff everything."""
+import json
+
+from django.db import connection
 from django.db.models import Q
 from django.shortcuts import get_object_or_404
 
-from clusters.models import ClusterAccount, PosixAccount, SlurmCluster
+from clusters.models import ClusterAccount, Partition, PosixAccount, SlurmCluster
 from projects.models import Membership, Project
 from projects.selectors import owned_or_managed
 
@@ -76,8 +79,12 @@ def cluster_for_submission(user, name, *, project_slug=None):
     secrets are not read (nor decrypted): creating a job does not use them."""
     columns = ", ".join(f"c.{f.column}" for f in SlurmCluster._meta.concrete_fields
                         if f.name not in ("ssh_private_key", "known_hosts"))
+    # Its partitions come along as one JSON array (PostgreSQL), for the
+    # limits check (`partitions_known`); elsewhere they are asked for then.
+    partitions = (f", (SELECT json_agg(row_to_json(p)) FROM {Partition._meta.db_table} p "
+                  "WHERE p.cluster_id = c.id) AS partition_rows" if connection.vendor == "postgresql" else "")
     cluster = next(iter(SlurmCluster.objects.raw(
-        f"SELECT {columns}, pa.username AS user_posix_name, ca.account AS project_account "
+        f"SELECT {columns}, pa.username AS user_posix_name, ca.account AS project_account{partitions} "
         f"FROM {SlurmCluster._meta.db_table} c "
         f"LEFT JOIN {PosixAccount._meta.db_table} pa ON pa.cluster_id = c.id AND pa.user_id = %s "
         f"LEFT JOIN {ClusterAccount._meta.db_table} ca ON ca.cluster_id = c.id "
@@ -87,4 +94,15 @@ def cluster_for_submission(user, name, *, project_slug=None):
         cluster.posix_names_known = {user.pk: cluster.user_posix_name}
         if project_slug is not None:
             cluster.accounts_known = {project_slug: cluster.project_account}
+        if partitions:
+            cluster.partitions_known = _partitions_from_rows(cluster.partition_rows)
     return cluster
+
+
+def _partitions_from_rows(rows):
+    """Partition instances (unsaved state aside, as if read) from json_agg rows."""
+    if isinstance(rows, str):  # a driver that does not decode json
+        rows = json.loads(rows)
+    columns = {f.column: f.attname for f in Partition._meta.concrete_fields}
+    return [Partition(**{columns[k]: v for k, v in row.items() if k in columns and k != "synced"})
+            for row in rows or []]

@@ -194,7 +194,7 @@ def jobs_submit_batch(*, job_ids=(), cluster_id=None, force=False, retry_ids=(),
             wanted = set(job_ids) if hold else set()
             items = [(str(j.pk), _submit_request(j, hold=j.pk in wanted), j.posix_user if sudo else None)
                      for j in todo]
-            for key, value in client.submit_many(items).items():
+            for key, value in client.submit_many(items, lanes=cluster.submit_lanes).items():
                 results[int(key)] = value
     except BackendUnavailable as exc:
         for job in jobs:  # the exec did not answer at all: nothing is known
@@ -349,13 +349,14 @@ def job_submit(*, job_id, hold=False):
     return Job.objects.get(pk=job_id)
 
 
-# cluster id -> the newest job this process sent a Celery message for.
+# cluster id -> (pk, monotonic time) of the newest job this process sent a
+# Celery message for.
 _messages_sent = {}
 
 
 def message_sent(job):
     """Called once `job`'s message is handed to the broker."""
-    _messages_sent[job.cluster_id] = job.pk
+    _messages_sent[job.cluster_id] = (job.pk, time.monotonic())
 
 
 def batch_anchor(job):
@@ -364,13 +365,21 @@ def batch_anchor(job):
     not claimed it yet), at most ANCHOR_WINDOW old, and nobody holds it;
     locked until the commit. Else None: then `job` needs a message of its
     own. See the module docstring."""
-    pk = _messages_sent.get(job.cluster_id)
-    if pk is None or not connection.features.has_select_for_update_skip_locked:
+    pk, sent = _messages_sent.get(job.cluster_id, (None, 0.0))
+    if (pk is None or time.monotonic() - sent > ANCHOR_WINDOW.total_seconds()
+            or not connection.features.has_select_for_update_skip_locked):
         return None
-    return (Job.objects.select_for_update(of=("self",), skip_locked=True)
-            .filter(pk=pk, cluster_id=job.cluster_id, state=State.QUEUED,
-                    state_changed__gte=timezone.now() - ANCHOR_WINDOW)
-            .values_list("pk", flat=True).first())
+    # By primary key alone, so the planner can only take that index (with
+    # the state in the WHERE it may scan the cluster's queued jobs instead);
+    # the conditions are read with the lock. A row we lock but cannot use
+    # stays locked until our commit, a few milliseconds.
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT state = %s AND cluster_id = %s AND state_changed >= %s FROM {Job._meta.db_table} "
+            "WHERE id = %s FOR UPDATE SKIP LOCKED",
+            [State.QUEUED, job.cluster_id, timezone.now() - ANCHOR_WINDOW, pk])
+        row = cursor.fetchone()
+    return pk if row and row[0] else None
 
 
 def jobs_submit_pending(*, cluster):

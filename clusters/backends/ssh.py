@@ -268,64 +268,119 @@ class SSHPool:
         """Run argv on the first working node; returns Result (never raises on
         a non-zero exit status; raises BackendUnavailable if no node works or
         the connection broke / timed out while the command ran)."""
-        command = self.command_line(argv, env)
-        if isinstance(stdin, str):
-            stdin = stdin.encode()
+        result = self.run_parallel([(argv, stdin, env)], timeout=timeout)[0]
+        if isinstance(result, BackendUnavailable):
+            raise result
+        return result
+
+    def run_parallel(self, commands, *, timeout=60):
+        """Run several commands at once on the first working node, each on a
+        channel of its own over the node's one connection, all followed by
+        one select loop in the calling thread. `commands` are (argv, stdin,
+        env). Returns one entry per command, in order: its Result, or the
+        BackendUnavailable it met (it broke or timed out mid-way, or did not
+        start after others had). Raises BackendUnavailable if no node could
+        start the first command (nothing ran then)."""
+        prepared = [(self.command_line(argv, env), stdin.encode() if isinstance(stdin, str) else stdin)
+                    for argv, stdin, env in commands]
+        if not prepared:
+            return []
 
         def action(node, transport):
+            label = self.node_label(node)
+            running, results = [], [None] * len(prepared)
             try:
-                chan = transport.open_session(timeout=self.connect_timeout)
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                raise _NotStarted("cannot open a channel") from exc
-            try:
-                return self._exec(chan, command, stdin, timeout, node)
+                for i, (command, stdin) in enumerate(prepared):
+                    try:
+                        running.append((i, self._start(transport, command, stdin, timeout)))
+                    except _NotStarted as exc:
+                        if not running:
+                            raise  # nothing started: the next node may
+                        results[i] = BackendUnavailable(
+                            f"command not started on {label}: {exc.__cause__ or exc}", command=command)
+                self._collect(running, results, time.monotonic() + timeout, timeout, label)
             finally:
-                chan.close()
+                for _i, chan in running:
+                    chan.close()
+            return results
 
         return self._with_node(action)
 
-    def _exec(self, chan, command, stdin, timeout, node):
-        label = self.node_label(node)
-        deadline = time.monotonic() + timeout
+    def _start(self, transport, command, stdin, timeout):
+        """Open a channel, exec `command`, send stdin and EOF; the channel.
+        Raises _NotStarted when the command could not be sent."""
+        try:
+            chan = transport.open_session(timeout=self.connect_timeout)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            raise _NotStarted("cannot open a channel") from exc
         chan.settimeout(timeout)
         try:
             chan.exec_command(command)
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            chan.close()
             raise _NotStarted("exec request refused") from exc
-        out, err = [], []
+        chan.nephele_out, chan.nephele_err, chan.nephele_command = [], [], command
         try:
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
-            while True:
-                while chan.recv_ready():
-                    out.append(chan.recv(65536))
-                while chan.recv_stderr_ready():
-                    err.append(chan.recv_stderr(65536))
-                if (chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise socket.timeout()
-                select.select([chan], [], [], min(remaining, 1.0))
-            remaining = max(0.0, deadline - time.monotonic())
-            if not chan.status_event.wait(remaining + 0.5):
-                raise socket.timeout()
-        except socket.timeout as exc:
-            raise BackendUnavailable(
-                f"command timed out after {timeout}s on {label}", command=command,
-                stderr=b"".join(err).decode(errors="replace"),
-            ) from exc
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            raise BackendUnavailable(f"connection to {label} broke during the command: {exc}",
-                                     command=command) from exc
-        status = chan.exit_status
-        stdout = b"".join(out).decode(errors="replace")
-        stderr = b"".join(err).decode(errors="replace")
-        if status == -1:
-            raise BackendUnavailable(f"connection to {label} closed without an exit status",
-                                     command=command, stderr=stderr)
-        return Result(stdout=stdout, stderr=stderr, exit_status=status, node=label)
+            chan.nephele_error = exc  # sent in part: it may run; _collect reports it
+        return chan
+
+    def _collect(self, running, results, deadline, timeout, label):
+        """Read every running channel to its end and exit status, filling
+        `results` with a Result or a BackendUnavailable each."""
+        waiting = dict(running)  # index -> channel
+        while waiting:
+            for i, chan in list(waiting.items()):
+                error = getattr(chan, "nephele_error", None)
+                try:
+                    while chan.recv_ready():
+                        chan.nephele_out.append(chan.recv(65536))
+                    while chan.recv_stderr_ready():
+                        chan.nephele_err.append(chan.recv_stderr(65536))
+                except (OSError, EOFError, paramiko.SSHException) as exc:
+                    error = exc
+                drained = ((chan.eof_received or chan.closed) and not chan.recv_ready()
+                           and not chan.recv_stderr_ready())
+                if error is None and drained:
+                    # The exit status may come just after the EOF; after the
+                    # EOF the channel is always readable, so wait for it here.
+                    chan.status_event.wait(max(0.0, deadline - time.monotonic()) + 0.5)
+                    if not chan.status_event.is_set():
+                        error = "no exit status" if chan.closed else None
+                        if error is None:
+                            continue  # timed out: reported below
+                if error is not None:
+                    results[i] = BackendUnavailable(
+                        f"connection to {label} broke during the command: {error}",
+                        command=chan.nephele_command, stderr=b"".join(chan.nephele_err).decode(errors="replace"))
+                elif drained:
+                    results[i] = self._result(chan, label)
+                else:
+                    continue
+                del waiting[i]
+            if not waiting:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for i, chan in waiting.items():
+                    results[i] = BackendUnavailable(
+                        f"command timed out after {timeout}s on {label}", command=chan.nephele_command,
+                        stderr=b"".join(chan.nephele_err).decode(errors="replace"))
+                break
+            # A channel's fileno is readable on data and on EOF.
+            select.select(list(waiting.values()), [], [], min(remaining, 1.0))
+
+    @staticmethod
+    def _result(chan, label):
+        stdout = b"".join(chan.nephele_out).decode(errors="replace")
+        stderr = b"".join(chan.nephele_err).decode(errors="replace")
+        if chan.exit_status == -1:
+            return BackendUnavailable(f"connection to {label} closed without an exit status",
+                                      command=chan.nephele_command, stderr=stderr)
+        return Result(stdout=stdout, stderr=stderr, exit_status=chan.exit_status, node=label)
 
     # -- SFTP --------------------------------------------------------------------
 

@@ -203,7 +203,8 @@ def test_import_from_standard_input(db, files):
 def test_export_round_trips_and_never_contains_secrets(db, files):
     run_import(files.json(BWVISU), "--ssh-key", str(files.key), "--known-hosts", str(files.hosts))
     SlurmCluster.objects.create(name="second", ssh_user="svc", ssh_private_key=FAKE_KEY, known_hosts=FAKE_HOSTS,
-                                slurm_conf="/etc/slurm/other.conf", sudo_mode=SlurmCluster.SudoMode.SERVICE)
+                                slurm_conf="/etc/slurm/other.conf", sudo_mode=SlurmCluster.SudoMode.SERVICE,
+                                submit_lanes=3)
     CommandNode.objects.create(cluster=SlurmCluster.objects.get(name="second"), host="hpc.example.org", port=22)
     first = run_export()
     for secret in (KEY_BODY, HOSTS_BODY, "PRIVATE KEY", "ssh-ed25519", "fernet:"):
@@ -213,13 +214,25 @@ def test_export_round_trips_and_never_contains_secrets(db, files):
     assert doc["clusters"][0]["command-nodes"] == ["login1.example.org:2222", "login2.example.org:22",
                                                    "login3.example.org:22"]
     assert set(doc["clusters"][0]) == {"name", "description", "command-nodes", "gateway-nodes", "home-prefix",
-                                       "port-range", "ssh-user", "sudo-mode", "slurm-conf"}
+                                       "port-range", "ssh-user", "sudo-mode", "slurm-conf", "submit-lanes"}
 
     SlurmCluster.objects.all().delete()  # an empty database
     assert not CommandNode.objects.exists()
     run_import(files.json(first, "export.json"), "--ssh-key", str(files.key), "--known-hosts", str(files.hosts))
     assert run_export() == first
     assert json.loads(run_export("second"))["clusters"][0]["sudo-mode"] == "service"
+    assert SlurmCluster.objects.get(name="second").submit_lanes == 3
+    assert SlurmCluster.objects.get(name="heidelberg").submit_lanes == 2  # the default
+
+
+def test_import_refuses_bad_submit_lanes(db, files):
+    for bad in (0, 9, "two"):
+        doc = json.dumps({"name": "lanes", "command-nodes": ["login1.example.org"], "submit-lanes": bad})
+        with pytest.raises(CommandError) as info:
+            run_import(files.json(doc, f"lanes-{bad}.json"), "--ssh-key", str(files.key),
+                       "--known-hosts", str(files.hosts))
+        assert "submit_lanes" in str(info.value)
+    assert not SlurmCluster.objects.filter(name="lanes").exists()
 
 
 # --- secrets at rest ---------------------------------------------------------------------
@@ -294,7 +307,7 @@ def admin_form_data(cluster, **changes):
     data = {
         "name": cluster.name, "description": cluster.description, "enabled": "on", "ssh_user": cluster.ssh_user,
         "ssh_private_key": "", "known_hosts": "", "sudo_mode": cluster.sudo_mode,
-        "work_prefix": cluster.work_prefix, "slurm_conf": cluster.slurm_conf,
+        "work_prefix": cluster.work_prefix, "slurm_conf": cluster.slurm_conf, "submit_lanes": cluster.submit_lanes,
         "gateway_nodes": json.dumps(cluster.gateway_nodes), "port_range": cluster.port_range,
         "last_sync_0": "", "last_sync_1": "",
         "partitions-TOTAL_FORMS": "0", "partitions-INITIAL_FORMS": "0",

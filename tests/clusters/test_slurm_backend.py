@@ -182,6 +182,25 @@ def test_concurrent_channels(pool):
     assert sorted(results, key=int) == [str(i) for i in range(16)]
 
 
+def test_run_parallel_runs_side_by_side_on_one_connection(pool):
+    script = 'sleep 1; cat; echo "err $1" >&2; exit "$1"'
+    t0 = time.monotonic()
+    results = pool.run_parallel([(["sh", "-c", script, "sh", str(i)], f"in {i}\n", None) for i in range(3)])
+    elapsed = time.monotonic() - t0
+    assert elapsed < 2.5, elapsed  # one after the other would take 3 s
+    assert [(r.stdout, r.stderr.strip(), r.exit_status) for r in results] == [
+        (f"in {i}\n", f"err {i}", i) for i in range(3)]
+    assert len({r.node for r in results}) == 1
+    assert pool.run_parallel([]) == []
+
+
+def test_run_parallel_reports_each_command_on_its_own(pool):
+    slow, quick = pool.run_parallel([(["sleep", "5"], None, None), (["echo", "ok"], None, None)], timeout=1)
+    assert isinstance(slow, BackendUnavailable) and "timed out" in str(slow)
+    assert (quick.stdout, quick.exit_status) == ("ok\n", 0)
+    assert pool.run(["true"]).exit_status == 0  # the connection still works
+
+
 def test_host_key_mismatch_is_refused(bed):
     lines = bed.known_hosts.strip().splitlines()
     first_port, second_port = bed.ports[0], bed.ports[1]

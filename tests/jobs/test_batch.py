@@ -64,13 +64,14 @@ def queued(c, n=1, **fields):
 def count_execs(monkeypatch):
     """Commands run on the command nodes, by program ("batch": a batch of sbatch)."""
     calls = []
-    real_run = ssh.SSHPool.run
+    real_run = ssh.SSHPool.run_parallel  # every command goes through it (run too)
 
-    def counting_run(self, argv, **kwargs):
-        calls.append("batch" if list(argv) == ["sh", "-s"] else argv[0] if argv[0] != "sudo" else argv[4])
-        return real_run(self, argv, **kwargs)
+    def counting_run(self, commands, **kwargs):
+        for argv, _stdin, _env in commands:
+            calls.append("batch" if list(argv) == ["sh", "-s"] else argv[0] if argv[0] != "sudo" else argv[4])
+        return real_run(self, commands, **kwargs)
 
-    monkeypatch.setattr(ssh.SSHPool, "run", counting_run)
+    monkeypatch.setattr(ssh.SSHPool, "run_parallel", counting_run)
     return calls
 
 
@@ -402,6 +403,77 @@ def test_a_message_that_finds_the_stream_taken_leaves_its_job_to_the_worker_hold
     assert sorted(outcome.submitted) == [first.pk, second.pk]
     second.refresh_from_db()
     assert second.state == State.PENDING
+
+
+# --- lanes: a large batch runs as several execs side by side ----------------------------------
+
+
+def test_a_large_batch_runs_in_lanes_and_submits_each_job_once(bed, monkeypatch):
+    from clusters.backends.slurm import LANE_MIN
+
+    bed.cluster.submit_lanes = 2
+    bed.cluster.save()
+    jobs = queued(bed, LANE_MIN + 2) + queued(bed, LANE_MIN - 2, owner=bed.bob, project=bed.beta)
+    calls = count_execs(monkeypatch)
+    outcome = services.job_submit_message(job_id=jobs[0].pk)
+
+    assert sorted(outcome.submitted) == sorted(j.pk for j in jobs)
+    assert calls.count("batch") == 2  # two execs, one per lane, in one claim
+    assert all(len(ids) == 1 for ids in slurm_ids_named(bed, jobs).values())
+    ids = set()
+    for job in jobs:
+        job.refresh_from_db()
+        assert job.state == State.PENDING and job.submit_attempts == 1
+        ids.add(job.scheduler_id)
+    assert len(ids) == len(jobs)
+    users = {e.user for e in slurm_client(bed.cluster).queue(sorted(ids)).values()}
+    assert users == {"ada", "bert"}
+
+
+def test_small_batches_and_one_lane_clusters_use_one_exec(bed, monkeypatch):
+    from clusters.backends.slurm import LANE_MIN
+
+    bed.cluster.submit_lanes = 2
+    bed.cluster.save()
+    calls = count_execs(monkeypatch)
+    jobs = queued(bed, 2 * LANE_MIN - 1)  # too few for two lanes of LANE_MIN
+    services.job_submit_message(job_id=jobs[0].pk)
+    assert calls.count("batch") == 1
+
+    bed.cluster.submit_lanes = 1
+    bed.cluster.save()
+    calls.clear()
+    jobs = queued(bed, 2 * LANE_MIN)
+    assert len(services.job_submit_message(job_id=jobs[0].pk).submitted) == len(jobs)
+    assert calls.count("batch") == 1
+
+
+def test_a_broken_lane_leaves_only_its_jobs_for_the_retry(bed, monkeypatch):
+    from clusters.backends.slurm import LANE_MIN
+
+    bed.cluster.submit_lanes = 2
+    bed.cluster.save()
+    jobs = queued(bed, 2 * LANE_MIN)
+    real = ssh.SSHPool.run_parallel
+
+    def second_lane_breaks(self, commands, **kwargs):
+        first = real(self, commands[:1], **kwargs)  # the second lane never ran
+        return first + [BackendUnavailable("connection broke during the command")] * (len(commands) - 1)
+
+    monkeypatch.setattr(ssh.SSHPool, "run_parallel", second_lane_breaks)
+    with pytest.raises(BackendUnavailable) as info:
+        services.job_submit_message(job_id=jobs[0].pk)
+    monkeypatch.setattr(ssh.SSHPool, "run_parallel", real)
+    lane_two = sorted(j.pk for j in jobs)[1::2]  # jobs are dealt to the lanes in turn
+    assert sorted(info.value.job_ids) == lane_two
+    states = dict(Job.objects.values_list("pk", "state"))
+    assert {pk for pk, state in states.items() if state == State.SUBMITTING} == set(lane_two)
+
+    outcome = services.job_submit_message(job_id=jobs[0].pk, retry_ids=info.value.job_ids,
+                                          claimed_at=info.value.claimed_at)
+    assert sorted(outcome.submitted) == lane_two
+    assert all(len(ids) == 1 for ids in slurm_ids_named(bed, jobs).values())
+    assert set(Job.objects.values_list("state", flat=True)) == {State.PENDING}
 
 
 # --- fewer messages -------------------------------------------------------------------------------------

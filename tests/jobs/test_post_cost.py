@@ -40,15 +40,15 @@ def token_client(user):
 BODY = {"project": "alpha", "cluster": "lab", "name": "cheap", "script": "true", "cpus": 1, "time_limit_minutes": 5}
 
 
-def test_a_job_post_takes_at_most_eleven_statements(bed, django_assert_max_num_queries):
+def test_a_job_post_takes_at_most_ten_statements(bed, django_assert_max_num_queries):
     client = token_client(bed.alice)
     assert client.post(JOBS, BODY, format="json").status_code == 201  # her first claim makes her usage row
-    # token + user; project + role; cluster + POSIX name + account; savepoint;
-    # partitions; insert; output paths; quota; member usage; release; state
-    # re-read. (The batch anchor's SELECT ... FOR UPDATE, one more, runs when
-    # this process sent a message for the cluster in the last seconds: not
-    # here, where nothing commits.)
-    with django_assert_max_num_queries(11):
+    # token + user; project + role; cluster + POSIX name + account +
+    # partitions; savepoint; the new id; insert (output paths included);
+    # quota; member usage; release; state re-read. (The batch anchor's
+    # SELECT ... FOR UPDATE, one more, runs when this process sent a message
+    # for the cluster in the last seconds: not here, where nothing commits.)
+    with django_assert_max_num_queries(10):
         response = client.post(JOBS, BODY, format="json")
     assert response.status_code == 201, response.content
     job = Job.objects.get(pk=response.json()["id"])
@@ -92,3 +92,39 @@ def test_a_user_without_a_posix_name_is_told_so(bed):
     response = token_client(bed.amy).post(JOBS, BODY, format="json")
     assert response.status_code == 400
     assert "no user name on lab" in response.json()["cluster"][0]
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ({"time_limit_minutes": 31}, "time_limit_minutes", "debug allows at most 30 minutes"),
+    ({"partition": "gpu"}, "partition", "no partition 'gpu'"),
+    ({"cpus": 3}, "cpus", "at most 2 CPUs per node"),
+])
+def test_partition_limits_read_with_the_cluster_still_hold(bed, change, field, message):
+    # The partitions come with the cluster's lookup (one JSON column): the
+    # same limits as when they are read on their own.
+    cluster = selectors.cluster_for_submission(bed.alice, "lab", project_slug="alpha")
+    assert [(p.name, p.is_default, p.max_time_minutes, p.total_cpus) for p in cluster.partitions_known] == [
+        ("debug", True, 30, 4)]
+    response = token_client(bed.alice).post(JOBS, {**BODY, **change}, format="json")
+    assert response.status_code == 400, response.content
+    assert message in " ".join(response.json()[field])
+    assert not Job.objects.exists()
+
+
+def test_a_partition_added_since_is_seen_by_the_next_post(bed):
+    client = token_client(bed.alice)
+    assert client.post(JOBS, {**BODY, "partition": "long"}, format="json").status_code == 400
+    Partition.objects.create(cluster=bed.cluster, name="long", max_time_minutes=600, total_nodes=1, total_cpus=8)
+    response = client.post(JOBS, {**BODY, "partition": "long", "time_limit_minutes": 300, "cpus": 8}, format="json")
+    assert response.status_code == 201, response.content
+    assert Job.objects.get().partition == "long"
+
+
+def test_an_inactive_users_token_is_refused(bed):
+    client = token_client(bed.alice)
+    bed.alice.is_active = False
+    bed.alice.save()
+    response = client.post(JOBS, BODY, format="json")
+    assert response.status_code in (401, 403)  # 403: session authentication comes first
+    assert response.json()["detail"] == "User inactive or deleted."
+    assert not Job.objects.exists()
