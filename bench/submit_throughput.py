@@ -61,7 +61,7 @@ def setup_django():
     call_command("migrate", verbosity=0)
 
 
-def fixtures():
+def fixtures(lanes):
     from django.contrib.auth import get_user_model
 
     from clusters.models import CommandNode, PosixAccount, SlurmCluster
@@ -72,7 +72,7 @@ def fixtures():
     cluster, _ = SlurmCluster.objects.update_or_create(
         name="bench", defaults=dict(
             ssh_user=env["SLURM_TEST_SSH_USER"], ssh_private_key=Path(env["SLURM_TEST_SSH_KEY"]).read_text(),
-            known_hosts=Path(env["SLURM_TEST_KNOWN_HOSTS"]).read_text(), sudo_mode="sudo",
+            known_hosts=Path(env["SLURM_TEST_KNOWN_HOSTS"]).read_text(), sudo_mode="sudo", submit_lanes=lanes,
             work_prefix=env["SLURM_TEST_WORK_PREFIX"], slurm_conf=env["SLURM_TEST_SLURM_CONF"]))
     port = int(env["SLURM_TEST_PORTS"].split(",")[0])
     CommandNode.objects.get_or_create(cluster=cluster, host=env["SLURM_TEST_HOST"], port=port)
@@ -168,7 +168,7 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
     port = 8790
     env = dict(os.environ, CELERY_TASK_DEFAULT_QUEUE=queue)
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(web_workers),
+        [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(web_workers), *os.environ.get("BENCH_GUNICORN_ARGS", "").split(),
          "--log-level", "warning"], cwd=ROOT, env=env)
     names = [f"bench{i}-{os.getpid()}@bench" for i in range(workers)]
     # The workers start on an idle queue and are told to consume the jobs'
@@ -213,6 +213,10 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
             time.sleep(0.02)
         return time.perf_counter() - t0
 
+    def tasks_done():
+        stats = app.control.inspect(destination=names, timeout=2.0).stats() or {}
+        return sum(sum(s.get("total", {}).values()) for s in stats.values())
+
     def reset():
         scancel_all("nephele-")
         Job.objects.filter(cluster=cluster).delete()
@@ -238,6 +242,7 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
         app.control.add_consumer(queue, destination=names, reply=True)
         drain_time = wait_submitted(t0)  # 2. the workers alone
         reset()
+        tasks_before = tasks_done()
         before = cpu_snapshot()
         t0, posted = post_all()  # 3. end to end
         elapsed = wait_submitted(t0)
@@ -246,7 +251,7 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
             **{p.pid: "celery workers" for p in celery}})
         batches = Job.objects.filter(cluster=cluster).values("submitted_at").distinct().count()  # one per batch
         print(f"portal end to end: {n} POSTs took {posted:.2f} s; all Slurm ids stored after {elapsed:.2f} s; "
-              f"{batches} batches (SSH execs)")
+              f"{batches} batches; {tasks_done() - tasks_before} Celery messages")
         print("CPU per job during it (ms): " + ", ".join(
             f"{k} {1000 * v / n:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])))
     finally:
@@ -264,9 +269,11 @@ def main():
     parser.add_argument("--workers", type=int, default=2, help="Celery worker processes (default 2)")
     parser.add_argument("--web-workers", type=int, default=2, help="gunicorn worker processes (default 2)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent API clients (default 4)")
+    parser.add_argument("--lanes", type=int, default=2,
+                        help="the cluster's submit_lanes: sbatch sessions side by side per batch (default 2)")
     args = parser.parse_args()
     setup_django()
-    cluster, user, project = fixtures()
+    cluster, user, project = fixtures(args.lanes)
     from clusters.services import user_workdir
 
     workdir = user_workdir(cluster=cluster, username="ada")

@@ -11,6 +11,7 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 
 from clusters.backends.base import BackendError
+from portal.celery import app as celery_app
 
 from . import selectors, services
 from .models import Job, JobTemplate, State
@@ -31,10 +32,12 @@ STATE_FIELDS = ["state", "scheduler_id", "scheduler_state", "reason", "submitted
 
 
 def _reread_state(job):
-    """An eager (or very fast) worker may have moved the job on already; one
-    query for the state fields, keeping the related objects we hold. (Plain
-    SQL: every job POST runs it, and the ORM would take longer to compile
-    it than the database to answer.)"""
+    """In eager mode (development, tests) the submission ran inside this
+    request, after the commit: one query for the state fields it left,
+    keeping the related objects we hold. With workers the answer is the job
+    as created (`queued`); clients follow it with GET."""
+    if not celery_app.conf.task_always_eager:
+        return
     fields = [Job._meta.get_field(name) for name in STATE_FIELDS]
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {', '.join(connection.ops.quote_name(f.column) for f in fields)} "
