@@ -21,14 +21,19 @@ node's sshd, sudo, sbatch and slurmctld, PostgreSQL and Redis):
   scripts or users submitting at once would; one POST per job, no bulk call;
 - gunicorn with `--web-workers` sync worker processes (default 2) serves the
   API, as in a small production setup;
-- `--workers` Celery worker processes (default 2, `--pool solo`) submit: each
-  message makes its worker submit every queued job of the cluster in batches,
-  one SSH exec per batch (see jobs/submission.py), so at most `--workers`
-  batches run on the node at once.
+- `--workers` Celery worker processes (default 2, `--pool solo`) submit: the
+  worker holding the cluster's submission stream submits every queued job of
+  the cluster in batches (see jobs/submission.py), each batch split into
+  `--lanes` sbatch sessions side by side (the cluster's `submit_lanes`,
+  default 2, as a new cluster gets) over the worker's one SSH connection.
+  Before the timed run every worker submits one job, so each has its SSH
+  connection and work directory, as long-running workers do.
 
 Besides the end-to-end figure it reports the API alone (POSTs with the
 workers not consuming) and the workers alone (draining those jobs once they
-consume), and where the CPU went during the end-to-end run, per job.
+consume; the first batch pays the SSH handshake), how many jobs still waited
+when the last POST was answered, the batches and Celery messages, and where
+the CPU went during the end-to-end run, per job.
 """
 import argparse
 import http.client
@@ -162,6 +167,7 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
     from rest_framework.authtoken.models import Token
 
     from jobs.models import Job
+    from jobs.tasks import submit_job
     from portal.celery import app
 
     queue, idle = f"bench-{os.getpid()}", f"bench-idle-{os.getpid()}"
@@ -173,8 +179,11 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
     names = [f"bench{i}-{os.getpid()}@bench" for i in range(workers)]
     # The workers start on an idle queue and are told to consume the jobs'
     # queue after the API-alone run, so their start-up is not timed.
+    # Each worker also listens on a queue of its own, to be warmed up (its
+    # SSH connection made) before the timed end-to-end run, as in a
+    # long-running deployment.
     celery = [subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "-Q", idle,
+        [sys.executable, "-m", "celery", "-A", "portal", "worker", "--pool", "solo", "-Q", f"{idle},warm-{name}",
          "-n", name, "--loglevel", "WARNING"], cwd=ROOT, env=env) for name in names]
     procs = [web, *celery]
     token, _ = Token.objects.get_or_create(user=user)
@@ -206,8 +215,8 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
                            [cluster.pk])
             return cursor.fetchone()[0]
 
-    def wait_submitted(t0):
-        while submitted() < n:
+    def wait_submitted(t0, count=n):
+        while submitted() < count:
             if time.perf_counter() - t0 > 600:
                 raise SystemExit("portal submission did not finish in 10 minutes")
             time.sleep(0.02)
@@ -242,16 +251,24 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
         app.control.add_consumer(queue, destination=names, reply=True)
         drain_time = wait_submitted(t0)  # 2. the workers alone
         reset()
+        for name in names:  # warm every worker up: a job submitted by each
+            post(None)
+            job = Job.objects.filter(cluster=cluster, name="portalbench").order_by("-pk").first()
+            submit_job.apply_async(args=(job.pk,), queue=f"warm-{name}")
+            wait_submitted(time.perf_counter(), Job.objects.filter(cluster=cluster).count())
+            time.sleep(0.2)  # the message sent by the POST, if the other worker took it
+        reset()
         tasks_before = tasks_done()
         before = cpu_snapshot()
         t0, posted = post_all()  # 3. end to end
+        waiting = n - submitted()
         elapsed = wait_submitted(t0)
         spent = cpu_by_group(before, cpu_snapshot(), {
             web.pid: "web (gunicorn)", os.getpid(): "bench (clients, polling)",
             **{p.pid: "celery workers" for p in celery}})
         batches = Job.objects.filter(cluster=cluster).values("submitted_at").distinct().count()  # one per batch
-        print(f"portal end to end: {n} POSTs took {posted:.2f} s; all Slurm ids stored after {elapsed:.2f} s; "
-              f"{batches} batches; {tasks_done() - tasks_before} Celery messages")
+        print(f"portal end to end: {n} POSTs took {posted:.2f} s ({waiting} jobs still waiting then); all Slurm ids "
+              f"stored after {elapsed:.2f} s; {batches} batches; {tasks_done() - tasks_before} Celery messages")
         print("CPU per job during it (ms): " + ", ".join(
             f"{k} {1000 * v / n:.1f}" for k, v in sorted(spent.items(), key=lambda kv: -kv[1])))
     finally:
