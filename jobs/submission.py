@@ -5,7 +5,8 @@ one job. The worker that takes it becomes the cluster's submission stream
 (a PostgreSQL advisory lock per cluster, `jobs_submit_all`) and submits that
 job and every other queued job of the cluster, BATCH_MAX at a time, each
 batch with ONE SSH exec (`SlurmClient.submit_many`: a shell script on stdin
-running one `sudo -n -u <user> sbatch` per job), until a claim finds
+running one `sudo -n -u <user> sbatch` per job; a large batch as the
+cluster's `submit_lanes` such scripts side by side), until a claim finds
 nothing; then it lets go of the stream and looks once more for jobs that
 came meanwhile. A message that finds the stream taken returns at once: the
 worker holding it takes that job in its next batch, or in its last look.
@@ -67,8 +68,8 @@ from .models import Job, State
 
 log = logging.getLogger(__name__)
 
-# Jobs per SSH exec. sbatch takes ~10 ms, so a full batch is about half a
-# second on the node; the exec's timeout grows with the batch (submit_many).
+# Jobs per claim. sbatch takes ~7 ms, so a full batch is a third of a second
+# on the node in one lane; the exec's timeout grows with the batch (submit_many).
 BATCH_MAX = 50
 # A `submitting` claim older than this belongs to a dead worker. Far longer
 # than an attempt (exec timeout) plus the longest retry countdown.
