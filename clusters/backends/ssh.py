@@ -292,7 +292,7 @@ class SSHPool:
             try:
                 for i, (command, stdin) in enumerate(prepared):
                     try:
-                        running.append((i, self._start(transport, command, stdin, timeout)))
+                        running.append(self._start(i, transport, command, stdin, timeout))
                     except _NotStarted as exc:
                         if not running:
                             raise  # nothing started: the next node may
@@ -300,14 +300,14 @@ class SSHPool:
                             f"command not started on {label}: {exc.__cause__ or exc}", command=command)
                 self._collect(running, results, time.monotonic() + timeout, timeout, label)
             finally:
-                for _i, chan in running:
-                    chan.close()
+                for run in running:
+                    run.chan.close()
             return results
 
         return self._with_node(action)
 
-    def _start(self, transport, command, stdin, timeout):
-        """Open a channel, exec `command`, send stdin and EOF; the channel.
+    def _start(self, index, transport, command, stdin, timeout):
+        """Open a channel, exec `command`, send stdin and EOF; a _Running.
         Raises _NotStarted when the command could not be sent."""
         try:
             chan = transport.open_session(timeout=self.connect_timeout)
@@ -319,68 +319,34 @@ class SSHPool:
         except (OSError, EOFError, paramiko.SSHException) as exc:
             chan.close()
             raise _NotStarted("exec request refused") from exc
-        chan.nephele_out, chan.nephele_err, chan.nephele_command = [], [], command
+        run = _Running(index, chan, command)
         try:
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
-            chan.nephele_error = exc  # sent in part: it may run; _collect reports it
-        return chan
+            run.error = exc  # sent in part, so it may run: reported as broken
+        return run
 
     def _collect(self, running, results, deadline, timeout, label):
-        """Read every running channel to its end and exit status, filling
+        """Read every running command to its end and exit status, filling
         `results` with a Result or a BackendUnavailable each."""
-        waiting = dict(running)  # index -> channel
+        waiting = list(running)
         while waiting:
-            for i, chan in list(waiting.items()):
-                error = getattr(chan, "nephele_error", None)
-                try:
-                    while chan.recv_ready():
-                        chan.nephele_out.append(chan.recv(65536))
-                    while chan.recv_stderr_ready():
-                        chan.nephele_err.append(chan.recv_stderr(65536))
-                except (OSError, EOFError, paramiko.SSHException) as exc:
-                    error = exc
-                drained = ((chan.eof_received or chan.closed) and not chan.recv_ready()
-                           and not chan.recv_stderr_ready())
-                if error is None and drained:
-                    # The exit status may come just after the EOF; after the
-                    # EOF the channel is always readable, so wait for it here.
-                    chan.status_event.wait(max(0.0, deadline - time.monotonic()) + 0.5)
-                    if not chan.status_event.is_set():
-                        error = "no exit status" if chan.closed else None
-                        if error is None:
-                            continue  # timed out: reported below
-                if error is not None:
-                    results[i] = BackendUnavailable(
-                        f"connection to {label} broke during the command: {error}",
-                        command=chan.nephele_command, stderr=b"".join(chan.nephele_err).decode(errors="replace"))
-                elif drained:
-                    results[i] = self._result(chan, label)
-                else:
-                    continue
-                del waiting[i]
+            for run in list(waiting):
+                outcome = run.poll(deadline, label)
+                if outcome is not None:
+                    results[run.index] = outcome
+                    waiting.remove(run)
             if not waiting:
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                for i, chan in waiting.items():
-                    results[i] = BackendUnavailable(
-                        f"command timed out after {timeout}s on {label}", command=chan.nephele_command,
-                        stderr=b"".join(chan.nephele_err).decode(errors="replace"))
+                for run in waiting:
+                    results[run.index] = run.failed(f"command timed out after {timeout}s on {label}")
                 break
             # A channel's fileno is readable on data and on EOF.
-            select.select(list(waiting.values()), [], [], min(remaining, 1.0))
-
-    @staticmethod
-    def _result(chan, label):
-        stdout = b"".join(chan.nephele_out).decode(errors="replace")
-        stderr = b"".join(chan.nephele_err).decode(errors="replace")
-        if chan.exit_status == -1:
-            return BackendUnavailable(f"connection to {label} closed without an exit status",
-                                      command=chan.nephele_command, stderr=stderr)
-        return Result(stdout=stdout, stderr=stderr, exit_status=chan.exit_status, node=label)
+            select.select([run.chan for run in waiting], [], [], min(remaining, 1.0))
 
     # -- SFTP --------------------------------------------------------------------
 
@@ -431,6 +397,41 @@ class SSHPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Running:
+    """A command sent on a channel of its own: what it has printed so far."""
+
+    def __init__(self, index, chan, command):
+        self.index, self.chan, self.command = index, chan, command
+        self.out, self.err, self.error = [], [], None
+
+    def failed(self, message):
+        return BackendUnavailable(message, command=self.command, stderr=b"".join(self.err).decode(errors="replace"))
+
+    def poll(self, deadline, label):
+        """Read what has come; the Result or BackendUnavailable once the
+        command has ended, else None."""
+        chan = self.chan
+        try:
+            while chan.recv_ready():
+                self.out.append(chan.recv(65536))
+            while chan.recv_stderr_ready():
+                self.err.append(chan.recv_stderr(65536))
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            self.error = exc
+        if self.error is not None:
+            return self.failed(f"connection to {label} broke during the command: {self.error}")
+        if not ((chan.eof_received or chan.closed) and not chan.recv_ready() and not chan.recv_stderr_ready()):
+            return None
+        # The exit status may come just after the EOF; after the EOF the
+        # channel is always readable, so it is waited for here.
+        if not chan.status_event.wait(max(0.0, deadline - time.monotonic()) + 0.5):
+            return None  # the caller reports the timeout
+        if chan.exit_status == -1:
+            return self.failed(f"connection to {label} closed without an exit status")
+        return Result(stdout=b"".join(self.out).decode(errors="replace"),
+                      stderr=b"".join(self.err).decode(errors="replace"), exit_status=chan.exit_status, node=label)
 
 
 class _NotStarted(Exception):

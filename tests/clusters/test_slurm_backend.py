@@ -201,6 +201,20 @@ def test_run_parallel_reports_each_command_on_its_own(pool):
     assert pool.run(["true"]).exit_status == 0  # the connection still works
 
 
+def test_run_parallel_reports_a_connection_lost_mid_way(bed):
+    pool = bed.pool()
+    try:
+        assert pool.run(["true"]).exit_status == 0
+        transport = next(iter(pool._transports.values()))
+        threading.Timer(0.5, transport.close).start()  # the link goes down while both run
+        results = pool.run_parallel([(["sleep", "3"], None, None), (["sleep", "3"], None, None)], timeout=10)
+        assert all(isinstance(r, BackendUnavailable) for r in results), results
+        assert all("without an exit status" in str(r) or "broke" in str(r) for r in results), results
+        assert pool.run(["echo", "again"]).stdout == "again\n"  # reconnects
+    finally:
+        pool.close()
+
+
 def test_host_key_mismatch_is_refused(bed):
     lines = bed.known_hosts.strip().splitlines()
     first_port, second_port = bed.ports[0], bed.ports[1]
