@@ -100,9 +100,10 @@ def cluster_for_submission(user, name, *, project_slug=None):
 
 
 def _partitions_from_rows(rows):
-    """Partition instances (unsaved state aside, as if read) from json_agg rows."""
+    """Partitions as read from the database, from json_agg rows (their
+    `synced` time deferred: JSON carries it as text)."""
     if isinstance(rows, str):  # a driver that does not decode json
         rows = json.loads(rows)
-    columns = {f.column: f.attname for f in Partition._meta.concrete_fields}
-    return [Partition(**{columns[k]: v for k, v in row.items() if k in columns and k != "synced"})
+    fields = [f for f in Partition._meta.concrete_fields if f.name != "synced"]
+    return [Partition.from_db(connection.alias, [f.attname for f in fields], [row[f.column] for f in fields])
             for row in rows or []]
