@@ -13,7 +13,7 @@ jobs, portal job names for some), then in one run measures
   (a) ingest: accounting.services.ingest_lines end to end -- parse, map users,
       projects and portal jobs, binary COPY of chunks of new records straight
       into the table while the next chunk is parsed, rollup of the affected
-      days, watermark -- into the empty tables (see accounting/ingest.py);
+      days, watermark -- into the empty tables (see accounting/ingest/);
   (b) copy: the same records (as final column values, rendered to COPY text
       beforehand, outside the timing) loaded with one `COPY ... FROM STDIN`
       into a bare table with UsageRecord's columns and no index or constraint;

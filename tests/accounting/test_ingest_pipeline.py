@@ -22,8 +22,8 @@ DAY = 86400
 @pytest.fixture
 def small_chunks(monkeypatch):
     """Chunks of ~40 lines, one id in 8 sampled."""
-    monkeypatch.setattr(ingest, "CHUNK_LINES", 40)
-    monkeypatch.setattr(ingest, "SAMPLE_EVERY", 8)
+    monkeypatch.setattr(ingest.parsing, "CHUNK_LINES", 40)
+    monkeypatch.setattr(ingest.parsing, "SAMPLE_EVERY", 8)
 
 
 def jobs(first, n, changes=None):
@@ -260,7 +260,7 @@ def test_an_error_while_loading_leaves_nothing_behind(offline, small_chunks, mon
     services.ingest_lines(c, jobs(1000, 50))
     before, rollup_before = snapshot(c), daily(c)
     mark = IngestWatermark.objects.get(cluster=c)
-    monkeypatch.setattr(ingest, "MERGE", "SELECT no_such_function()")
+    monkeypatch.setattr(ingest.loading, "MERGE", "SELECT no_such_function()")
     with pytest.raises(Exception, match="no_such_function"):
         services.ingest_lines(c, jobs(1040, 200))  # its first chunk has stored ids: merged
     assert snapshot(c) == before and daily(c) == rollup_before
