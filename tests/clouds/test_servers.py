@@ -16,7 +16,7 @@ from projects.models import Quota
 from projects.quota_requests import quota_recount
 from projects.services import QuotaExceeded
 
-from .vmbed import os_bed, vmbed  # noqa: F401 - fixtures
+from .vmbed import os_bed, settled, vmbed  # noqa: F401 - fixtures
 
 
 def counters(project):
@@ -84,7 +84,7 @@ def test_a_server_from_boot_to_delete_keeps_every_counter_exact(vmbed):
 
     act(vms.server_delete_request, server=server, actor=v.member)
     server = v.wait_server(server, ["deleted"])
-    assert cloud_servers(v) == []
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == []
     # the volume stays (detached, still counted); the floating IP went with the server
     assert counters(v.project) == {"volumes": (1, 0), "volume_gb": (2, 0)}
     volume = v.wait_volume(volume, ["available"])
@@ -129,7 +129,7 @@ def test_openstacks_own_refusal_is_shown_and_gives_the_reservation_back(vmbed):
     server.refresh_from_db()
     assert server.state == "error" and "Quota exceeded for cores" in server.fault
     assert counters(v.project) == {}
-    assert cloud_servers(v) == []
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == []
 
 
 def test_a_retried_boot_adopts_the_server_it_already_made(vmbed):
@@ -207,7 +207,7 @@ def test_staff_force_delete_a_protected_server_from_the_admin(vmbed, client):
                                follow=True)
     assert response.status_code == 200 and "Deletion started: 1 of 1" in response.content.decode()
     server = v.wait_server(server, ["deleted"])
-    assert cloud_servers(v) == [] and counters(v.project) == {}
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == [] and counters(v.project) == {}
 
     response = client.post("/admin/clusters/cloud/", {"action": "sync_servers", "_selected_action": [v.cloud.pk]},
                            follow=True)
@@ -269,7 +269,7 @@ def test_a_server_deleted_while_nova_creates_it_leaves_nothing_on_the_cloud(vmbe
     deadline = time.monotonic() + 60
     while cloud_servers(v) and time.monotonic() < deadline:
         time.sleep(1)
-    assert cloud_servers(v) == [] and counters(v.project) == {}
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == [] and counters(v.project) == {}
 
 
 def test_the_sync_adopts_a_server_whose_worker_died_after_the_create_was_sent(vmbed):

@@ -17,7 +17,7 @@ from projects import services as project_services
 from projects.models import Membership, Quota
 from tests.conftest import make_user
 
-from .vmbed import LIMITS, os_bed, vmbed  # noqa: F401 (fixtures)
+from .vmbed import LIMITS, os_bed, settled, vmbed  # noqa: F401 (fixtures)
 
 SERVERS = "/api/v1/servers/"
 VOLUMES = "/api/v1/volumes/"
@@ -231,7 +231,7 @@ def test_server_lifecycle_through_the_api(vmbed, django_capture_on_commit_callba
         errors(val.delete(f"{VOLUMES}{data_volume.pk}/"), 202)
     v.wait_volume(data_volume, {VolumeState.DELETED})
     expect(v.project)
-    assert cloud_servers(v) == []
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == []
 
 
 # --- Quota refusals send nothing ------------------------------------------------------------
@@ -263,7 +263,7 @@ def test_over_quota_is_409_naming_the_resource_and_nothing_reaches_the_cloud(
     assert not Volume.objects.filter(project=v.project).exists()
     assert not FloatingIP.objects.filter(project=v.project).exists()
     expect(v.project)
-    assert cloud_servers(v) == []
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == []
 
 
 def test_per_member_limit_is_409_with_member_scope(vmbed):
@@ -470,7 +470,7 @@ def test_state_refusals_are_409(vmbed, django_capture_on_commit_callbacks):
         assert errors(stan.delete(url + "?force=true"), 202)["state"] == "deleting"
     assert Server.objects.get(pk=building.pk).state == ServerState.DELETED
     expect(v.project)
-    assert cloud_servers(v) == []
+    assert settled(lambda: cloud_servers(v), lambda found: found == []) == []
 
 
 # --- Listing: filters, search, ordering, pagination -------------------------------------------

@@ -58,6 +58,17 @@ class VMBed:
             time.sleep(1)
 
 
+def settled(read, done, timeout=30):
+    """OpenStack's admin listing may lag the answer the portal acted on by a
+    moment: `read()` until `done(result)` or `timeout` seconds; the last result."""
+    deadline = time.monotonic() + timeout
+    result = read()
+    while not done(result) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        result = read()
+    return result
+
+
 def _network(bed, openstack_project_id):
     """network `private` with a subnet and a router to `public` in the project."""
     conn = bed.sdk()
