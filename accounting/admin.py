@@ -1,5 +1,5 @@
 """Accounting in the admin: everything read-only (it comes from Slurm, or
-from the servers' billing intervals for CloudDailyUsage)."""
+from the servers' billing intervals and the volumes for CloudDailyUsage)."""
 from django.contrib import admin
 
 from portal.admin_utils import ReadOnlyAdmin

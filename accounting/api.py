@@ -3,8 +3,8 @@ CloudDailyUsage (VM) rollups.
 
 Who sees what: with ?project=, a project the caller cannot see is a 404;
 its managers and the staff get every row of the project, a plain member
-only their own (their jobs, the servers they own). Without ?project=,
-everyone gets their own usage on every project.
+only their own (their jobs, the servers and volumes they own). Without
+?project=, everyone gets their own usage on every project.
 
 ?cluster= keeps only the Slurm usage of that cluster, ?cloud= only the VM
 usage of that cloud; both together keep both. With group_by=cluster, VM
@@ -34,8 +34,8 @@ class UsageRowSerializer(BaseRowSerializer):
                                                            "cloud) or resource; null for usage no portal user could "
                                                            "be mapped to.")
     resource = serializers.ChoiceField(choices=[r.value for r in reports.ALL_RESOURCES])
-    amount = serializers.FloatField(help_text="Core-hours, GPU-hours, a number of jobs, VM core-hours, RAM-GB-hours "
-                                              "or disk-GB-hours (2 decimals).")
+    amount = serializers.FloatField(help_text="Core-hours, GPU-hours, a number of jobs, VM core-hours, RAM-GB-hours, "
+                                              "disk-GB-hours or volume-GB-hours (2 decimals).")
 
 
 class UsageView(APIView):

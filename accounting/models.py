@@ -138,20 +138,24 @@ class DailyUsage(models.Model):
 
 class CloudDailyUsage(models.Model):
     """VM usage per (day, cloud, project, user, resource), rebuilt from the
-    servers' billing intervals (clusters.ServerInterval) by
-    accounting.vm_usage; reports read it, never the intervals. The user is the
-    server's owner, the project the server's project. Separate from the Slurm
-    DailyUsage, whose key and ingest are its own.
+    servers' billing intervals (clusters.ServerInterval) and the volumes
+    (clusters.Volume) by accounting.vm_usage; reports read it, never the
+    intervals or volumes. The user is the server's (volume's) owner, the
+    project its project. Separate from the Slurm DailyUsage, whose key and
+    ingest are its own.
 
     Billing rule: a running interval bills vcpus x hours core-hours,
     ram_mb / 1024 x hours RAM-GB-hours and disk_gb x hours disk-GB-hours; a
-    stopped one bills disk-GB-hours only. Intervals are split at UTC midnight;
-    an open interval counts up to the time of the rebuild."""
+    stopped one bills disk-GB-hours only. A volume bills size_gb x hours
+    volume-GB-hours from its creation to its deletion (nothing if the cloud
+    never made it). Spans are split at UTC midnight; an open one counts up
+    to the time of the rebuild."""
 
     class Resource(models.TextChoices):
         VM_CORE_HOURS = "vm_core_hours", "VM core-hours"
         RAM_GB_HOURS = "ram_gb_hours", "RAM-GB-hours"
         DISK_GB_HOURS = "disk_gb_hours", "Disk-GB-hours"
+        VOLUME_GB_HOURS = "volume_gb_hours", "Volume-GB-hours"
 
     # Derived data, rebuilt in bulk: foreign keys without database constraint
     # (on_delete is Django's), indexed for the reports below.
@@ -161,7 +165,7 @@ class CloudDailyUsage(models.Model):
     project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="cloud_daily_usage",
                                 db_constraint=False, db_index=False)
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="cloud_daily_usage",
-                             db_constraint=False, db_index=False, help_text="The server's owner.")
+                             db_constraint=False, db_index=False, help_text="The server's or volume's owner.")
     resource = models.CharField(max_length=16, choices=Resource.choices)
     amount = models.FloatField(default=0)
     updated = models.DateTimeField(auto_now=True)

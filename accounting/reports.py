@@ -4,10 +4,11 @@ Every Slurm number comes from the DailyUsage rollup (one row per day, cluster,
 project, user and resource), never from the raw UsageRecord table -- except
 the project report's "top jobs" list, which reads UsageRecord with a query
 bounded by the project and the period's end times (the BRIN index on `end`).
-Every VM number (VM core-hours, RAM-GB-hours, disk-GB-hours) comes from the
-CloudDailyUsage rollup (accounting.vm_usage), never from the servers'
-billing intervals. VM amounts sit next to the Slurm ones under their own
-keys (VM_KEYS), so the Slurm rows and totals keep their shape.
+Every VM number (VM core-hours, RAM-GB-hours, disk-GB-hours,
+volume-GB-hours) comes from the CloudDailyUsage rollup (accounting.vm_usage),
+never from the servers' billing intervals or the volumes. VM amounts sit next
+to the Slurm ones under their own keys (VM_KEYS), so the Slurm rows and
+totals keep their shape.
 
 Amounts are rounded here (ROUND digits) so that the page and every export
 show the same numbers. Days are UTC days, as in the rollup: a job's whole
@@ -30,9 +31,10 @@ from .models import CloudDailyUsage, DailyUsage, UsageRecord
 R = DailyUsage.Resource
 RESOURCES = (R.CORE_HOURS, R.GPU_HOURS, R.JOBS)
 VR = CloudDailyUsage.Resource
-VM_RESOURCES = (VR.VM_CORE_HOURS, VR.RAM_GB_HOURS, VR.DISK_GB_HOURS)
+VM_RESOURCES = (VR.VM_CORE_HOURS, VR.RAM_GB_HOURS, VR.DISK_GB_HOURS, VR.VOLUME_GB_HOURS)
 VM_KEYS = tuple(r.value for r in VM_RESOURCES)  # keys of the VM amounts in every row dict
 VM_LABELS = {r.value: r.label for r in VM_RESOURCES}  # column titles
+VM_OTHER_KEYS = VM_KEYS[1:]  # after VM core-hours: the member table shows these without a share
 ALL_RESOURCES = RESOURCES + VM_RESOURCES  # what the API returns, in this order
 PERIODS = ("day", "week", "month")
 DEFAULT_DAYS = 30  # default report range: the last 30 days, today included
@@ -223,9 +225,9 @@ def series(qs, rng):
 
 
 def vm_series(qs, rng):
-    """[{start, label, vm_core_hours, ram_gb_hours, disk_gb_hours}] for every
-    bucket of the range (zeros included), from a CloudDailyUsage queryset in
-    one query; the same buckets as `series`."""
+    """[{start, label, <VM keys>}] for every bucket of the range (zeros
+    included), from a CloudDailyUsage queryset in one query; the same buckets
+    as `series`."""
     sums = _bucket_sums(qs, rng)
     return [{"start": start, "label": bucket_label(start, rng.period),
              **{key: hours(sums.get((start, key))) for key in VM_KEYS}} for start in buckets(rng)]
@@ -391,15 +393,14 @@ class ProjectReport:
                    for p, v in zip(self.points, self.vm_points)]),
             Table("members", "Usage per member",
                   ["User", "Name", "Role", "Core-hours", "Core-hours %", "GPU-hours", "GPU-hours %", "Jobs", "Jobs %",
-                   "VM core-hours", "VM core-hours %", "RAM-GB-hours", "Disk-GB-hours"],
+                   "VM core-hours", "VM core-hours %"] + [VM_LABELS[k] for k in VM_OTHER_KEYS],
                   [[m["username"], m["name"], m["role"], m["core_hours"], m["core_pct"], m["gpu_hours"],
-                    m["gpu_pct"], m["jobs"], m["jobs_pct"], m["vm_core_hours"], m["vm_core_pct"], m["ram_gb_hours"],
-                    m["disk_gb_hours"]] for m in self.members]
+                    m["gpu_pct"], m["jobs"], m["jobs_pct"], m["vm_core_hours"], m["vm_core_pct"]]
+                   + [m[k] for k in VM_OTHER_KEYS] for m in self.members]
                   + [["", "Total", "", self.totals["core_hours"], 100.0 if self.totals["core_hours"] else None,
                       self.totals["gpu_hours"], 100.0 if self.totals["gpu_hours"] else None, self.totals["jobs"],
                       100.0 if self.totals["jobs"] else None, vm_total["vm_core_hours"],
-                      100.0 if vm_total["vm_core_hours"] else None, vm_total["ram_gb_hours"],
-                      vm_total["disk_gb_hours"]]]),
+                      100.0 if vm_total["vm_core_hours"] else None] + [vm_total[k] for k in VM_OTHER_KEYS]]),
             Table("top_jobs", f"Top {TOP_JOBS} jobs by core-hours",
                   ["Cluster", "Job id", "Name", "User", "State", "CPUs", "GPUs", "Ended", "Core-hours", "GPU-hours"],
                   [[j["cluster"], j["job_id"], j["name"], j["user"], j["state"], j["cpus"], j["gpus"],
@@ -431,10 +432,10 @@ def top_jobs(project, rng, limit=TOP_JOBS):
 
 def member_breakdown(project, rng):
     """Per user: core-hours, GPU-hours and jobs in the range with their share of
-    the project's total, and the VM core-, RAM- and disk-GB-hours of the
-    servers they own; current members without usage are listed with zeros,
-    former members and unmapped usage (no portal user) with what they used.
-    Returns (rows, Slurm totals, VM totals)."""
+    the project's total, and the VM core-, RAM-, disk- and volume-GB-hours
+    of the servers and volumes they own; current members without usage are
+    listed with zeros, former members and unmapped usage (no portal user)
+    with what they used. Returns (rows, Slurm totals, VM totals)."""
     qs = DailyUsage.objects.filter(project=project, day__gte=rng.start, day__lte=rng.end)
     sums = _totals_by(qs, "user_id")
     vm_sums = _totals_by(CloudDailyUsage.objects.filter(project=project, day__gte=rng.start, day__lte=rng.end),
@@ -483,7 +484,7 @@ def project_report(project, rng, *, today=None):
 # -- the site report --------------------------------------------------------------------
 
 SITE_SORTS = {"usage": "core_hours", "percent": "percent", "name": "name", "limit": "limit",
-              "vm": "vm_core_hours", "ram": "ram_gb_hours", "disk": "disk_gb_hours"}
+              "vm": "vm_core_hours", "ram": "ram_gb_hours", "disk": "disk_gb_hours", "volume": "volume_gb_hours"}
 SITE_DEFAULT_SORT = "-usage"
 
 
@@ -529,8 +530,8 @@ class SiteReport:
 def site_report(rng, *, cluster=None, cloud=None, sort=SITE_DEFAULT_SORT):
     """Every project with the core-hours it used in the range (on `cluster`,
     or everywhere), its core-hour limit and the share of it, and its VM
-    core-, RAM- and disk-GB-hours (on `cloud`, or everywhere); one query,
-    sorted in the database (percent: projects without a limit last)."""
+    core-, RAM-, disk- and volume-GB-hours (on `cloud`, or everywhere); one
+    query, sorted in the database (percent: projects without a limit last)."""
     if sort.lstrip("-") not in SITE_SORTS:
         sort = SITE_DEFAULT_SORT
     usage = DailyUsage.objects.filter(resource=R.CORE_HOURS, day__gte=rng.start, day__lte=rng.end)
@@ -580,7 +581,7 @@ class PersonalReport:
     days: list  # [{day, slug, name, core_hours, gpu_hours, jobs, <VM keys>}], newest first
     points: list
     totals: dict
-    vm_projects: list = field(default_factory=list)  # [{project, slug, name, <VM keys>}]: your servers
+    vm_projects: list = field(default_factory=list)  # [{project, slug, name, <VM keys>}]: your servers, volumes
     vm_points: list = field(default_factory=list)
     vm_totals: dict = field(default_factory=dict)
     generated: datetime = field(default_factory=timezone.now)
@@ -618,7 +619,8 @@ class PersonalReport:
 
 def personal_report(user, rng):
     """The user's own usage: Slurm jobs they ran (per project, Slurm only),
-    the servers they own (per project, VM only), and both per day."""
+    the servers and volumes they own (per project, VM only), and both per
+    day."""
     qs = DailyUsage.objects.filter(user=user, day__gte=rng.start, day__lte=rng.end)
     per_day = _totals_by(qs, "day", "project_id")
     vm_per_day = _totals_by(CloudDailyUsage.objects.filter(user=user, day__gte=rng.start, day__lte=rng.end),
@@ -647,7 +649,7 @@ def personal_report(user, rng):
     project_rows.sort(key=lambda r: (-r["core_hours"], r["slug"] == "", r["slug"]))
     vm_rows = [{"project": projects.get(pk), "slug": names(pk)[0], "name": names(pk)[1], **_vm_amounts(s)}
                for pk, s in vm_by_project.items()]
-    vm_rows.sort(key=lambda r: (-r["vm_core_hours"], -r["disk_gb_hours"], r["slug"]))
+    vm_rows.sort(key=lambda r: (-r["vm_core_hours"], -r["disk_gb_hours"], -r["volume_gb_hours"], r["slug"]))
     day_rows = [{"day": day, "slug": names(pk)[0], "name": names(pk)[1], **row(s), **_vm_amounts(s)}
                 for (day, pk), s in days.items()]
     day_rows.sort(key=lambda r: (r["day"], r["slug"]), reverse=True)

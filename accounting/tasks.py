@@ -46,8 +46,8 @@ def ingest_all_clusters():
 def rollup_vm_usage(start=None, end=None):
     """Periodic (beat entry "rollup-vm-usage", hourly): rebuild the VM usage
     rollup (CloudDailyUsage) of yesterday and today from the servers' billing
-    intervals. With `start` (and `end`, ISO dates, both included): a backfill
-    of that range, e.g. rollup_vm_usage.delay("2026-01-01", "2026-03-31")."""
+    intervals and the volumes. With `start` (and `end`, ISO dates, both
+    included): a backfill of that range, e.g. rollup_vm_usage.delay("2026-01-01", "2026-03-31")."""
     from . import vm_usage
 
     if start is None:

@@ -1,6 +1,7 @@
 """VM usage: core-, RAM- and disk-GB-hours from the servers' billing
-intervals (clusters.ServerInterval), rolled up per UTC day into
-CloudDailyUsage, which the reports read.
+intervals (clusters.ServerInterval) and volume-GB-hours from the volumes
+(clusters.Volume), rolled up per UTC day into CloudDailyUsage, which the
+reports read.
 
 Billing rule (docs/reports.md, "VM usage"):
 
@@ -8,28 +9,35 @@ Billing rule (docs/reports.md, "VM usage"):
   ram_mb / 1024 RAM-GB-hours and disk_gb disk-GB-hours;
 - a stopped interval (shut off, or in error) bills disk-GB-hours only: the
   disk is still held;
-- intervals are split at UTC midnight, so each day gets its share; an open
-  interval (`ended` empty) counts up to "now", nothing counts after "now".
+- a volume bills size_gb volume-GB-hours per hour from `created` to
+  `deleted_at`, to its project, cloud and owner; one that never reached the
+  cloud (no openstack_id, in error or deleted) bills nothing. The portal
+  cannot resize a volume, so its own row is its only span: no interval
+  table is needed;
+- spans are split at UTC midnight, so each day gets its share; an open one
+  (`ended` or `deleted_at` empty) counts up to "now", nothing after "now".
 
 `rebuild(start, end)` recomputes the days start..end (inclusive) from every
-interval that overlaps them and replaces their rows in one transaction
-(delete + bulk insert, serialized by an advisory lock on PostgreSQL), so it
-is idempotent and can be re-run for any range. Amounts are summed exactly
-(in integer unit-microseconds) and divided once, so splitting an interval
-never loses a fraction.
+interval and volume that overlaps them and replaces their rows in one
+transaction (delete + bulk insert, serialized by an advisory lock on
+PostgreSQL), so it is idempotent and can be re-run for any range. Amounts
+are summed exactly (in integer unit-microseconds) and divided once, so
+splitting a span never loses a fraction.
 """
 from datetime import date, datetime, time, timedelta, timezone as dt_timezone
+from itertools import chain
 
 from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from clusters.models import ServerInterval
+from clusters.models import ServerInterval, Volume
+from clusters.vm_models import VolumeState
 
 from .models import CloudDailyUsage
 
 R = CloudDailyUsage.Resource
-RESOURCES = (R.VM_CORE_HOURS, R.RAM_GB_HOURS, R.DISK_GB_HOURS)
+RESOURCES = (R.VM_CORE_HOURS, R.RAM_GB_HOURS, R.DISK_GB_HOURS, R.VOLUME_GB_HOURS)
 ADVISORY_LOCK = (0x6E76, 0)  # pg_advisory_xact_lock(key1, key2); the Slurm ingest uses (0x6E65, cluster)
 CHUNK_DAYS = 31  # days rebuilt per transaction (bounded memory on a backfill)
 BATCH = 5000  # rows per INSERT
@@ -72,25 +80,44 @@ def rates(*, vcpus, ram_mb, disk_gb, running):
     return out
 
 
+def _overlapping(qs, start, end, lo, cap):
+    """qs narrowed to the spans [start, end or open) that overlap [lo, cap)."""
+    return qs.filter(**{f"{start}__lt": cap}).filter(Q(**{f"{end}__isnull": True}) | Q(**{f"{end}__gt": lo}))
+
+
+def _interval_spans(lo, cap):
+    """(cloud, project, user, rates, start, end) of every interval
+    overlapping [lo, cap): one query, joined with its server and profile."""
+    intervals = (_overlapping(ServerInterval.objects, "started", "ended", lo, cap).order_by()
+                 .values_list("server__cloud_id", "server__project_id", "server__owner_id", "profile__vcpus",
+                              "profile__ram_mb", "profile__disk_gb", "running", "started", "ended"))
+    for cloud, project, user, vcpus, ram_mb, disk_gb, running, started, ended in intervals.iterator(chunk_size=2000):
+        yield cloud, project, user, rates(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, running=running), started, ended
+
+
+def _volume_spans(lo, cap):
+    """(cloud, project, user, rates, start, end) of every volume overlapping
+    [lo, cap), in one query; a volume the cloud never made is left out."""
+    never_made = Q(openstack_id="", state__in=(VolumeState.ERROR, VolumeState.DELETED))
+    volumes = (_overlapping(Volume.objects, "created", "deleted_at", lo, cap).exclude(never_made).order_by()
+               .values_list("cloud_id", "project_id", "owner_id", "size_gb", "created", "deleted_at"))
+    for cloud, project, user, size_gb, created, deleted_at in volumes.iterator(chunk_size=2000):
+        yield cloud, project, user, {R.VOLUME_GB_HOURS: (size_gb, 1)}, created, deleted_at
+
+
 def compute(first, last, *, now=None):
     """{(day, cloud_id, project_id, user_id, resource): amount} for the UTC
-    days first..last (inclusive), from every interval that overlaps them
-    (one query, intervals joined with their server and profile); open
-    intervals count up to `now`. Zero amounts are left out."""
+    days first..last (inclusive), from every interval and volume that
+    overlaps them (two queries); open spans count up to `now`. Zero amounts
+    are left out."""
     now = now or timezone.now()
     lo = _midnight(first)
     cap = min(_midnight(last + timedelta(days=1)), now)
     if cap <= lo:
         return {}
-    intervals = (ServerInterval.objects
-                 .filter(started__lt=cap).filter(Q(ended__isnull=True) | Q(ended__gt=lo))
-                 .order_by()
-                 .values_list("server__cloud_id", "server__project_id", "server__owner_id", "profile__vcpus",
-                              "profile__ram_mb", "profile__disk_gb", "running", "started", "ended"))
     micro = {}  # key -> (sum of amount-per-hour x microseconds, divisor)
-    for cloud, project, user, vcpus, ram_mb, disk_gb, running, started, ended in intervals.iterator(chunk_size=2000):
+    for cloud, project, user, per_hour, started, ended in chain(_interval_spans(lo, cap), _volume_spans(lo, cap)):
         end = cap if ended is None else min(ended, cap)
-        per_hour = rates(vcpus=vcpus, ram_mb=ram_mb, disk_gb=disk_gb, running=running)
         for day, us in split_days(max(started, lo), end):
             for resource, (numerator, divisor) in per_hour.items():
                 key = (day, cloud, project, user, resource)
@@ -107,9 +134,9 @@ def _lock(cursor):
 def rebuild(start, end=None, *, now=None):
     """Rebuild CloudDailyUsage for the UTC days start..end (dates or ISO
     strings, both included; end defaults to start): per chunk of CHUNK_DAYS,
-    in one transaction, compute from the intervals, delete the chunk's rows,
-    insert the new ones in bulk. Idempotent. Returns the number of rows
-    written."""
+    in one transaction, compute from the intervals and volumes, delete the
+    chunk's rows, insert the new ones in bulk. Idempotent. Returns the
+    number of rows written."""
     start = _as_date(start)
     end = _as_date(end) if end is not None else start
     if end < start:
