@@ -46,6 +46,7 @@ from .base import (
     QueueEntry,
     SubmitRequest,
 )
+from .ssh import quote_argv
 
 SEP = "\x1f"  # ASCII unit separator: cannot appear in names we submit
 POSIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
@@ -373,20 +374,18 @@ class SlurmClient:
             raise InvalidRequest(f"not a valid user to run as: {as_user!r}")
         return ["sudo", "-n", "-u", as_user] + argv
 
-    def _run(self, argv, *, stdin=None, env=None, ok=(0,), retry=True, timeout=None):
+    def _run(self, argv, *, stdin=None, env=None, ok=(0,)):
         """Run a command. Everything but sbatch is safe to run twice, so a
         connection lost mid-command is retried once (on the next node if
-        this one is gone); sbatch is not (nor a batch: retry=False): the
-        caller looks the job up first."""
-        timeout = timeout or self.timeout
+        this one is gone); sbatch is not: the caller looks the job up first."""
         try:
-            result = self.pool.run(argv, stdin=stdin, timeout=timeout, env=self._env(env))
+            result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
         except HostKeyMismatch:
             raise
         except BackendUnavailable:
-            if "sbatch" in argv or not retry:
+            if "sbatch" in argv:
                 raise
-            result = self.pool.run(argv, stdin=stdin, timeout=timeout, env=self._env(env))
+            result = self.pool.run(argv, stdin=stdin, timeout=self.timeout, env=self._env(env))
         if result.exit_status not in ok:
             raise CommandFailed(
                 f"{argv[0] if argv[0] != 'sudo' else argv[4]} failed with exit status {result.exit_status}"
@@ -462,7 +461,7 @@ class SlurmClient:
                 script += "\n"  # a here-document ends at a line of its own
             out.append(
                 f"printf '%s\\n' '{token} begin {key}'; printf '\\n%s\\n' '{token} begin {key}' >&2\n"
-                f"{' '.join(shlex.quote(a) for a in argv)} <<'{delimiter}'\n{script}{delimiter}\n"
+                f"{quote_argv(argv)} <<'{delimiter}'\n{script}{delimiter}\n"
                 f"printf '\\n%s %s\\n' '{token} end {key}' \"$?\"\n"
             )
         out.append("exit 0\n")
@@ -476,7 +475,7 @@ class SlurmClient:
             raise InvalidRequest("the job script contains a NUL byte")
         return argv, script
 
-    def submit_many(self, items, *, timeout=None, lanes=1):
+    def submit_many(self, items, *, lanes=1):
         """Submit several jobs with ONE command on the node (see the module
         docstring), or, with `lanes` > 1 and at least LANE_MIN jobs per lane,
         with that many commands running side by side on the node's one
@@ -514,7 +513,7 @@ class SlurmClient:
         parts = [commands[i::lanes] for i in range(lanes)]
         tokens = [f"nephele-batch-{secrets.token_hex(12)}" for _ in parts]
         # Room for every sbatch: ~10 ms each, seconds when slurmctld is busy.
-        wait = timeout or self.timeout + 2 * len(parts[0])
+        wait = self.timeout + 2 * len(parts[0])
         outcomes = self.pool.run_parallel(
             [(["sh", "-s"], self.batch_script(part, token), self._env()) for part, token in zip(parts, tokens)],
             timeout=wait)
