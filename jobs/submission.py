@@ -115,7 +115,7 @@ def _claim(*, job_ids, force, retry_ids, claimed_at, cluster_id, others, limit):
     with transaction.atomic():
         # Asked-for jobs wait for their lock (whoever holds it decides first).
         for job in Job.objects.select_for_update(of=("self",)).filter(pk__in=list(job_ids)).order_by("pk"):
-            if job.state == State.QUEUED or (job.state == State.SUBMITTING and (force or _stale(job, stale))):
+            if _may_take(job.state, job.state_changed, stale, force=force):
                 taken[job.pk] = job
         # This claim's own retry: only jobs nobody re-claimed since.
         if retry_ids and claimed_at is not None:
@@ -146,8 +146,11 @@ def _claim(*, job_ids, force, retry_ids, claimed_at, cluster_id, others, limit):
     return cluster_id, jobs, may_exist, now
 
 
-def _stale(job, before):
-    return job.state_changed is None or job.state_changed < before
+def _may_take(state, changed, stale_before, *, force=False):
+    """Queued, or `submitting` under a claim changed before `stale_before`
+    (its worker died), or under any claim with `force`."""
+    return state == State.QUEUED or (
+        state == State.SUBMITTING and (force or changed is None or changed < stale_before))
 
 
 def jobs_submit_batch(*, job_ids=(), cluster_id=None, force=False, retry_ids=(), claimed_at=None, others=True,
@@ -302,8 +305,7 @@ def job_submit_message(*, job_id, hold=False, retry_ids=(), claimed_at=None):
     if row is None:
         return BatchOutcome()
     state, changed, cluster_id = row
-    if not retry_ids and not (state == State.QUEUED or (
-            state == State.SUBMITTING and (changed is None or changed < timezone.now() - STALE_AFTER))):
+    if not retry_ids and not _may_take(state, changed, timezone.now() - STALE_AFTER):
         return BatchOutcome(cluster_id=cluster_id)
     return jobs_submit_all(cluster_id=cluster_id, job_ids=[job_id], hold=hold, retry_ids=retry_ids,
                            claimed_at=claimed_at)
