@@ -1,7 +1,6 @@
 """Jobs API. Order in every action: tenant lookup (404), permission (403),
 state (409), input (400), act."""
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import connection
 from django.http import HttpResponse
 from django_filters import rest_framework as filters
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -33,23 +32,11 @@ STATE_FIELDS = ["state", "scheduler_id", "scheduler_state", "reason", "submitted
 
 def _reread_state(job):
     """In eager mode (development, tests) the submission ran inside this
-    request, after the commit: one query for the state fields it left,
-    keeping the related objects we hold. With workers the answer is the job
-    as created (`queued`); clients follow it with GET."""
-    if not celery_app.conf.task_always_eager:
-        return
-    fields = [Job._meta.get_field(name) for name in STATE_FIELDS]
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {', '.join(connection.ops.quote_name(f.column) for f in fields)} "
-                       f"FROM {Job._meta.db_table} WHERE id = %s", [job.pk])
-        row = cursor.fetchone()
-    if row is None:
-        return
-    for field, value in zip(fields, row):
-        column = field.get_col(Job._meta.db_table)  # its converters: the backend's and the field's
-        for convert in column.get_db_converters(connection):
-            value = convert(value, column, connection)
-        setattr(job, field.attname, value)
+    request, after the commit: read the state fields it left, keeping the
+    related objects we hold. With workers the answer is the job as created
+    (`queued`); clients follow it with GET."""
+    if celery_app.conf.task_always_eager:
+        job.refresh_from_db(fields=STATE_FIELDS)
 
 
 def _conflict(message):
