@@ -26,12 +26,13 @@ def _my_work(user):
     """Counts for the dashboard's "Your work" strip: the user's own jobs and
     servers still alive, and volumes, each linking to its list."""
     from clusters.models import Server, Volume
+    from clusters.vm_models import ServerState, VolumeState
     from jobs.models import ACTIVE, Job, State
 
     return {
         "jobs": Job.objects.filter(owner=user, state__in=[State.QUEUED, *ACTIVE]).count(),
-        "servers": Server.objects.filter(owner=user).exclude(state="deleted").count(),
-        "volumes": Volume.objects.filter(owner=user).exclude(state="deleted").count(),
+        "servers": Server.objects.filter(owner=user).exclude(state=ServerState.DELETED).count(),
+        "volumes": Volume.objects.filter(owner=user).exclude(state=VolumeState.DELETED).count(),
     }
 
 
