@@ -281,7 +281,7 @@ class SSHPool:
         BackendUnavailable it met (it broke or timed out mid-way, or did not
         start after others had). Raises BackendUnavailable if no node could
         start the first command (nothing ran then)."""
-        prepared = [(self.command_line(argv, env), stdin.encode() if isinstance(stdin, str) else stdin)
+        prepared = [_closing_last(self.command_line(argv, env), stdin.encode() if isinstance(stdin, str) else stdin)
                     for argv, stdin, env in commands]
         if not prepared:
             return []
@@ -320,9 +320,10 @@ class SSHPool:
             chan.close()
             raise _NotStarted("exec request refused") from exc
         run = _Running(index, chan, command)
+        if not stdin:
+            return run  # it reads /dev/null (see _closing_last)
         try:
-            if stdin:
-                chan.sendall(stdin)
+            chan.sendall(stdin)
             chan.shutdown_write()
         except (OSError, EOFError, paramiko.SSHException) as exc:
             run.error = exc  # sent in part, so it may run: reported as broken
@@ -397,6 +398,22 @@ class SSHPool:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _closing_last(command, stdin):
+    """(command, stdin) such that the node cannot close the channel while we
+    may still send on it: a command without stdin reads /dev/null and is sent
+    no EOF; one with stdin is followed by `cat >/dev/null`, so the channel
+    stays open until all of stdin and its EOF have arrived, whether or not
+    the command read them (sudo refusing, say, exits at once).
+
+    Why: paramiko's own thread answers the node's CLOSE with ours at once,
+    while a data or EOF message another thread has just built is sent after
+    it; OpenSSH then drops the WHOLE connection ("ieof packet referred to
+    nonexistent channel"), breaking every command running on it."""
+    if not stdin:
+        return f"{command} </dev/null", None
+    return f"{command}; s=$?; cat >/dev/null; exit $s", stdin
 
 
 class _Running:

@@ -165,21 +165,38 @@ def test_run_timeout_is_typed(pool):
 
 
 def test_concurrent_channels(pool):
+    """Many threads, many quick commands on one connection: with or without
+    stdin, read or left unread. Each command ends (and the node closes its
+    channel) while the client may still be sending on it; the client must
+    never send after the channel's CLOSE, or OpenSSH drops the connection
+    ("ieof packet referred to nonexistent channel") and every command on it
+    fails. Without the fix this broke in most runs."""
     results, errors = [], []
+    cases = [
+        (["echo", "{i}"], None, "{i}"),
+        (["cat"], "{i}", "{i}"),
+        (["sh", "-c", "echo {i}; exit 3"], "unread " * 5000, "{i}"),  # ends without reading stdin
+        (["sh", "-c", 'head -c 3 >/dev/null; echo "$1"', "sh", "{i}"], "partly read" * 100, "{i}"),
+    ]
 
     def work(i):
-        try:
-            results.append(pool.run(["echo", str(i)]).stdout.strip())
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for n in range(40):
+            argv, stdin, expected = cases[n % len(cases)]
+            try:
+                r = pool.run([a.format(i=i) for a in argv], stdin=stdin and stdin.format(i=i))
+                results.append((r.stdout.strip(), expected.format(i=i)))
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert not errors
-    assert sorted(results, key=int) == [str(i) for i in range(16)]
+    assert not errors, (len(errors), errors[:3])
+    assert len(results) == 16 * 40
+    assert all(got == want for got, want in results)
+    assert pool.run(["sh", "-c", "exit 3"], stdin="x").exit_status == 3  # the status survives the drain
 
 
 def test_run_parallel_runs_side_by_side_on_one_connection(pool):
