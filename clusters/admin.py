@@ -1,6 +1,7 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
+from django.db import models
 
 from portal.admin_utils import ReadOnlyAdmin
 
@@ -176,6 +177,10 @@ class _KeepSecretsForm(forms.ModelForm):
         return data
 
 
+# A keystone URL typed without a scheme is https (Django 6's default; 5.x warns).
+_HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
+
+
 class CloudForm(_KeepSecretsForm):
     """The cloud's admin credentials; a clouds.yaml entry is checked to exist."""
 
@@ -184,6 +189,7 @@ class CloudForm(_KeepSecretsForm):
     class Meta:
         model = Cloud
         fields = "__all__"
+        formfield_callback = staticmethod(lambda field, **kw: field.formfield(**{**_HTTPS_URLS.get(type(field), {}), **kw}))
 
     def clean(self):
         data = super().clean()
@@ -237,6 +243,7 @@ def _sync_clouds(modeladmin, request, items):
 @admin.register(Cloud)
 class CloudAdmin(admin.ModelAdmin):
     form = CloudForm
+    formfield_overrides = _HTTPS_URLS
     list_display = ["name", "site", "region", "enabled", "auth_url", "auth_type", "project_count", "last_sync"]
     list_filter = ["enabled", "auth_type", "region"]
     search_fields = ["name", "site", "auth_url", "region"]

@@ -216,6 +216,15 @@ def _from_status(what, status, text):
     return BackendError(f"{what}: HTTP {status}", stderr=text, exit_status=status)
 
 
+def _find(find, name_or_id, **filters):
+    """An SDK find_* call, None when nothing matches (the SDK deprecates
+    find_*(ignore_missing=True); from 6.0 a miss always raises)."""
+    try:
+        return find(name_or_id, ignore_missing=False, **filters)
+    except sdk_exc.NotFoundException:
+        return None
+
+
 def _get(obj, name, default=None):
     if obj is None:
         return default
@@ -256,7 +265,7 @@ class OpenStackClient:
         can be scoped to the new project."""
         with _api(f"ensure project {name}"):
             idc = self.conn.identity
-            project = idc.find_project(name, domain_id=domain_id, ignore_missing=True)
+            project = _find(idc.find_project, name, domain_id=domain_id)
             if project is None:
                 project = idc.create_project(name=name, domain_id=domain_id, description=description)
             if grant_role:
@@ -336,7 +345,7 @@ class OpenStackClient:
         missing, replaced when its key differs (nova cannot update one)."""
         with _api(f"ensure keypair {name}"):
             c = self.conn.compute
-            kp = c.find_keypair(name, ignore_missing=True)
+            kp = _find(c.find_keypair, name)
             if kp is not None and " ".join((kp.public_key or "").split()[:2]) == " ".join(public_key.split()[:2]):
                 return KeypairRecord(name=kp.name, fingerprint=kp.fingerprint or "", public_key=kp.public_key or "")
             if kp is not None:
@@ -359,10 +368,10 @@ class OpenStackClient:
         ERROR with `fault_code` 413 (see `get_server`)."""
         with _api(f"create server {name}"):
             c = self.conn.compute
-            fl = c.find_flavor(flavor, ignore_missing=True)
+            fl = _find(c.find_flavor, flavor)
             if fl is None:
                 raise NotFound(f"flavor {flavor!r} not found")
-            im = self.conn.image.find_image(image, ignore_missing=True)
+            im = _find(self.conn.image.find_image, image)
             if im is None:
                 raise NotFound(f"image {image!r} not found")
             if network in ("none", "auto"):
@@ -388,8 +397,8 @@ class OpenStackClient:
         """`network` (name or id) of this project, else a shared one: an
         admin-scoped token sees every project's networks, and names repeat."""
         n = self.conn.network
-        return (n.find_network(network, ignore_missing=True, project_id=self.project_id)
-                or n.find_network(network, ignore_missing=True, is_shared=True))
+        return (_find(n.find_network, network, project_id=self.project_id)
+                or _find(n.find_network, network, is_shared=True))
 
     def get_server(self, server_id):
         with _api(f"get server {server_id}"):
@@ -415,7 +424,7 @@ class OpenStackClient:
     def resize_server(self, server_id, flavor):
         """Status goes RESIZE, then VERIFY_RESIZE: call `confirm_resize`."""
         with _api(f"resize server {server_id}"):
-            fl = self.conn.compute.find_flavor(flavor, ignore_missing=True)
+            fl = _find(self.conn.compute.find_flavor, flavor)
             if fl is None:
                 raise NotFound(f"flavor {flavor!r} not found")
             self.conn.compute.resize_server(server_id, fl.id)
@@ -486,7 +495,7 @@ class OpenStackClient:
         """Attach; returns the attachment with the device path nova chose
         (e.g. "/dev/sdb"). The volume goes attaching -> in-use."""
         with _api(f"attach volume {volume_id} to {server_id}"):
-            att = self.conn.compute.create_volume_attachment(server_id, volume_id=volume_id)
+            att = self.conn.compute.create_volume_attachment(server_id, volume=volume_id)
             return VolumeAttachmentRecord(id=att.id or att.volume_id, server_id=server_id,
                                           volume_id=att.volume_id or volume_id, device=att.device or "")
 
@@ -520,7 +529,7 @@ class OpenStackClient:
 
     def allocate_floating_ip(self, network="public"):
         with _api(f"allocate floating IP on {network}"):
-            net = self.conn.network.find_network(network, ignore_missing=True)
+            net = _find(self.conn.network.find_network, network)
             if net is None:
                 raise NotFound(f"network {network!r} not found")
             return self._fip_record(self.conn.network.create_ip(floating_network_id=net.id))

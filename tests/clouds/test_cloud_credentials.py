@@ -130,3 +130,14 @@ def test_the_admin_checks_the_entry_and_never_shows_credential_secrets(db, bed, 
     assert "s3cr3t-value" not in page and "Stored; leave empty to keep it." in page
     page = client.get(f"/admin/clusters/cloud/{cloud.pk}/change/").content.decode()
     assert 'name="password"' in page and "value=\"p\"" not in page
+
+
+def test_the_admin_reads_a_keystone_url_without_a_scheme_as_https(db, client):
+    client.force_login(make_user("cody", staff=True))
+    response = client.post("/admin/clusters/cloud/add/", {
+        "name": "bare", "region": "RegionOne", "auth_type": "password", "auth_url": "keystone.example.org/v3",
+        "username": "admin", "password": "pw", "enabled": "on", "project_name_prefix": "nephele-",
+        "project_domain_id": "default", "user_domain_id": "default",
+        "cloud_projects-TOTAL_FORMS": "0", "cloud_projects-INITIAL_FORMS": "0"})
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    assert Cloud.objects.get(name="bare").auth_url == "https://keystone.example.org/v3"

@@ -121,8 +121,8 @@ def test_sync_creates_the_openstack_project_and_sets_its_quotas(db, bed):
 
     mapping = CloudProject.objects.get(cloud=cloud, project=project)
     assert mapping.openstack_project_name == f"nephele-{project.slug}"
-    found = bed.sdk().identity.find_project(mapping.openstack_project_name, domain_id="default")
-    assert found is not None and found.id == mapping.openstack_project_id
+    found = bed.sdk().identity.find_project(mapping.openstack_project_name, domain_id="default", ignore_missing=False)
+    assert found.id == mapping.openstack_project_id
     assert bed.quotas(mapping.openstack_project_id) == {res: (value, 0) for res, value in LIMITS.items()}
     cloud.refresh_from_db()
     assert cloud.last_sync is not None

@@ -99,9 +99,9 @@ def test_a_server_from_boot_to_delete_keeps_every_counter_exact(vmbed):
     # the key was injected as a keypair; withdrawing the key removes it from the cloud
     nova_name = key.nova_name
     assert server.key_name == nova_name and os_server.key_name == nova_name
-    assert v.bed.sdk().compute.find_keypair(nova_name).public_key.split()[:2] == KEY.split()[:2]
+    assert v.bed.sdk().compute.find_keypair(nova_name, ignore_missing=False).public_key.split()[:2] == KEY.split()[:2]
     act(vms.ssh_key_delete, key=key)
-    assert v.bed.sdk().compute.find_keypair(nova_name, ignore_missing=True) is None
+    assert nova_name not in {kp.name for kp in v.bed.sdk().compute.keypairs()}
 
 
 def test_over_the_portals_quota_nothing_reaches_openstack(vmbed):

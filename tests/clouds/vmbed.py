@@ -72,15 +72,14 @@ def settled(read, done, timeout=30):
 def _network(bed, openstack_project_id):
     """network `private` with a subnet and a router to `public` in the project."""
     conn = bed.sdk()
-    net = conn.network.find_network("private", project_id=openstack_project_id)
-    if net is None:
+    if not list(conn.network.networks(name="private", project_id=openstack_project_id)):
         net = conn.network.create_network(name="private", project_id=openstack_project_id)
         sub = conn.network.create_subnet(name="private-v4", network_id=net.id, ip_version=4,
                                          cidr="10.77.0.0/24", project_id=openstack_project_id)
-        public = conn.network.find_network("public")
+        public = conn.network.find_network("public", ignore_missing=False)
         router = conn.network.create_router(name="router", project_id=openstack_project_id,
                                             external_gateway_info={"network_id": public.id})
-        conn.network.add_interface_to_router(router, subnet_id=sub.id)
+        conn.network.add_interface_to_router(router, subnet=sub.id)
 
 
 def cleanup(bed, prefix):
@@ -102,7 +101,7 @@ def cleanup(bed, prefix):
             for port in conn.network.ports(device_id=router.id):
                 if port.device_owner == "network:router_interface":
                     for ip in port.fixed_ips:
-                        conn.network.remove_interface_from_router(router, subnet_id=ip["subnet_id"])
+                        conn.network.remove_interface_from_router(router, subnet=ip["subnet_id"])
             conn.network.delete_router(router, ignore_missing=True)
         for port in conn.network.ports(project_id=pid):
             conn.network.delete_port(port, ignore_missing=True)
