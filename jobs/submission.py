@@ -247,7 +247,7 @@ def _record(jobs, results, outcome):
         for job in Job.objects.select_related("project", "owner").filter(pk__in=[pk for pk in refused if pk in still]):
             job.transition("submit_failed", reason=f"The cluster refused the job: {refused[job.pk]}"[:500],
                            ended_at=now)
-            _settle_quota(job, actual=0)
+            settle_quota(job, actual=0)
             outcome.failed.append(job.pk)
 
 
@@ -423,10 +423,13 @@ def job_give_up_submission(*, job_id, error, claimed_at=None):
                 claimed_at is None or job.state_changed == claimed_at):
             job.transition("submit_failed", reason=f"No command node of {job.cluster} answered: {error}"[:500],
                            ended_at=timezone.now())
-            _settle_quota(job, actual=0)
+            settle_quota(job, actual=0)
 
 
-def _settle_quota(job, *, actual):
+def settle_quota(job, *, actual):
+    """Give back the core-hours `job` reserved and charge `actual` instead
+    (0 when it never ran); the caller holds the job's row lock. Shared with
+    jobs.sync, which settles the jobs that end on the cluster."""
     if job.reserved_core_hours or actual:
         project_services.quota_settle(project=job.project, user=job.owner, resource=Resource.CORE_HOURS,
                                       reserved=job.reserved_core_hours, actual=actual)

@@ -14,7 +14,7 @@ from clusters.backends.base import RemoteFileMissing
 from clusters.models import SlurmCluster
 
 from .models import ACTIVE, ON_CLUSTER, Job, State
-from .submission import _settle_quota
+from .submission import settle_quota
 
 # Seconds a job may be missing from both squeue and sacct before it is lost.
 LOST_AFTER = timedelta(minutes=10)
@@ -140,7 +140,7 @@ def _finish(job, transition, **fields):
             return
         fields.setdefault("ended_at", timezone.now())
         locked.transition(transition, **fields)
-        _settle_quota(locked, actual=math.ceil(locked.used_core_hours or 0))
+        settle_quota(locked, actual=math.ceil(locked.used_core_hours or 0))
 
 
 # --- Cancel and output --------------------------------------------------------------
@@ -154,7 +154,7 @@ def job_cancel(*, job, actor):
         if locked.state in (State.DRAFT, State.QUEUED):
             locked.transition("finish_cancelled", reason=f"Cancelled by {actor} before submission.",
                               ended_at=timezone.now())
-            _settle_quota(locked, actual=0)
+            settle_quota(locked, actual=0)
             return locked
         if locked.state == State.SUBMITTING:
             raise ValidationError("The job is being submitted right now; try again in a moment.")
