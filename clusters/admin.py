@@ -67,7 +67,7 @@ class ClusterAccountInline(admin.TabularInline):
 class SlurmClusterAdmin(admin.ModelAdmin):
     form = SlurmClusterForm
     list_display = ["name", "enabled", "sudo_mode", "ssh_user", "node_list", "partition_count", "last_sync"]
-    list_filter = ["enabled", "sudo_mode"]
+    list_filter = ["enabled", "sudo_mode", "user_dirs"]
     search_fields = ["name", "description", "command_nodes__host"]
     inlines = [CommandNodeInline, PartitionInline, ClusterAccountInline]
     actions = ["sync_partitions", "resync_jobs", "push_limits"]

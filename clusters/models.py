@@ -31,8 +31,17 @@ class SlurmCluster(models.Model):
         help_text="sbatch sessions a large batch of submissions runs side by side on the command node "
                   "(1: one after the other). Batches under 8 jobs per session always run as one.",
     )
+    class UserDirs(models.TextChoices):
+        PRIVATE = "private", "Private: 0700, the user let in by an ACL (needs setfacl on the nodes)"
+        SHARED = "shared", "Shared: 1777 like /tmp, so other users can read the output"
+
     work_prefix = models.CharField(
         max_length=255, default="/tmp/nephele", help_text="Per-user work and log directories are $PREFIX/$USER."
+    )
+    user_dirs = models.CharField(
+        max_length=16, choices=UserDirs.choices, default=UserDirs.PRIVATE,
+        help_text="How the portal sets up a $PREFIX/$USER directory it creates (it never changes one "
+                  "the service user does not own).",
     )
     slurm_conf = models.CharField(
         max_length=255, blank=True, help_text="SLURM_CONF on the command nodes, if not the default."

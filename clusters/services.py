@@ -180,6 +180,7 @@ def cluster_import(*, data, ssh_private_key="", known_hosts=""):
         cluster.sudo_mode = item.get("sudo-mode", cluster.sudo_mode)
         cluster.submit_lanes = item.get("submit-lanes", cluster.submit_lanes)
         cluster.work_prefix = item.get("home-prefix", item.get("bwvisu-home-prefix", cluster.work_prefix))
+        cluster.user_dirs = item.get("user-dirs", cluster.user_dirs)
         cluster.slurm_conf = item.get("slurm-conf", cluster.slurm_conf)
         cluster.gateway_nodes = item.get("gateway-nodes", cluster.gateway_nodes)
         cluster.port_range = cluster.port_range if port_range is None else port_range
@@ -215,6 +216,7 @@ def cluster_export(*, clusters):
                 "command-nodes": [f"{n.host}:{n.port}" for n in c.command_nodes.all()],
                 "gateway-nodes": c.gateway_nodes,
                 "home-prefix": c.work_prefix,
+                "user-dirs": c.user_dirs,
                 "port-range": c.port_range,
                 "ssh-user": c.ssh_user,
                 "sudo-mode": c.sudo_mode,

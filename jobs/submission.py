@@ -186,9 +186,9 @@ def jobs_submit_batch(*, job_ids=(), cluster_id=None, force=False, retry_ids=(),
                     log.info("job %s was already submitted as %s: adopting it", names[name].pk, ids[0])
                     results[names[name].pk] = ids[0]
             todo = [j for j in jobs if j.pk not in results]
-        for workdir in sorted({j.workdir for j in todo}):
+        for workdir, user in sorted({(j.workdir, j.posix_user if sudo else None) for j in todo}):
             try:
-                _ensure_workdir(client, cluster_id, workdir)
+                _ensure_workdir(client, cluster, workdir, user)
             except CommandFailed as exc:
                 for job in todo:
                     if job.workdir == workdir:
@@ -406,11 +406,16 @@ def jobs_submit_pending(*, cluster):
 _workdirs_made = set()
 
 
-def _ensure_workdir(client, cluster_id, workdir):
-    """Create $PREFIX/$USER once per process and cluster, not per job."""
-    key = (cluster_id, workdir)
+def _ensure_workdir(client, cluster, workdir, user):
+    """Create $PREFIX/$USER once per process and cluster, not per job:
+    private (0700, `user` let in by an ACL; None in service mode) or shared
+    (1777), as the cluster says."""
+    key = (cluster.pk, cluster.user_dirs, workdir, user)
     if key not in _workdirs_made:
-        client.ensure_dir(workdir)
+        if cluster.user_dirs == cluster.UserDirs.SHARED:
+            client.ensure_dir(workdir)
+        else:
+            client.ensure_private_dir(workdir, user)
         _workdirs_made.add(key)
 
 

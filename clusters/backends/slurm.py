@@ -559,6 +559,26 @@ class SlurmClient:
             raise InvalidRequest(f"not a file mode: {mode!r}")
         self._run(["sh", "-c", 'mkdir -p -- "$1" && { [ ! -O "$1" ] || chmod "$2" -- "$1"; }', "sh", path, mode])
 
+    def ensure_private_dir(self, path, user=None):
+        """mkdir -p PATH as the service user and, if the service user owns
+        it, make it 0700 with a POSIX ACL entry giving `user` (the job's
+        user in sudo mode) rwx: the user's jobs write there, the portal (the
+        owner) reads their output, other users of the cluster cannot even
+        enter. Needs setfacl and ACL support on the node's file system; a
+        node without them fails here with the command's stderr. chmod runs
+        before setfacl, which then sets the mask so named entries work.
+        Values are positional parameters of a fixed script, never code."""
+        path = _check_text("directory", path)
+        if user is not None and (not POSIX_USER.match(str(user)) or user == "root"):
+            raise InvalidRequest(f"invalid POSIX user name: {user!r}")
+        script = ('mkdir -p -- "$1" && { [ ! -O "$1" ] || { chmod 0700 -- "$1" && '
+                  '{ [ -z "$2" ] || setfacl -m "u:$2:rwx" -- "$1"; }; }; }')
+        try:
+            self._run(["sh", "-c", script, "sh", path, user or ""])
+        except CommandFailed as exc:
+            raise CommandFailed(f"cannot make the private work directory {path}", stderr=exc.stderr,
+                                command=exc.command, exit_status=exc.exit_status) from exc
+
     def find_jobs_by_name(self, names, *, since="now-7days"):
         """{name: [job ids]} of jobs with these names (any user), pending,
         running or finished since `since`: one squeue and one sacct call.

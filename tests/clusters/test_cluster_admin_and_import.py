@@ -204,7 +204,7 @@ def test_export_round_trips_and_never_contains_secrets(db, files):
     run_import(files.json(BWVISU), "--ssh-key", str(files.key), "--known-hosts", str(files.hosts))
     SlurmCluster.objects.create(name="second", ssh_user="svc", ssh_private_key=FAKE_KEY, known_hosts=FAKE_HOSTS,
                                 slurm_conf="/etc/slurm/other.conf", sudo_mode=SlurmCluster.SudoMode.SERVICE,
-                                submit_lanes=3)
+                                submit_lanes=3, user_dirs=SlurmCluster.UserDirs.SHARED)
     CommandNode.objects.create(cluster=SlurmCluster.objects.get(name="second"), host="hpc.example.org", port=22)
     first = run_export()
     for secret in (KEY_BODY, HOSTS_BODY, "PRIVATE KEY", "ssh-ed25519", "fernet:"):
@@ -214,7 +214,8 @@ def test_export_round_trips_and_never_contains_secrets(db, files):
     assert doc["clusters"][0]["command-nodes"] == ["login1.example.org:2222", "login2.example.org:22",
                                                    "login3.example.org:22"]
     assert set(doc["clusters"][0]) == {"name", "description", "command-nodes", "gateway-nodes", "home-prefix",
-                                       "port-range", "ssh-user", "sudo-mode", "slurm-conf", "submit-lanes"}
+                                       "port-range", "ssh-user", "sudo-mode", "slurm-conf", "submit-lanes",
+                                       "user-dirs"}
 
     SlurmCluster.objects.all().delete()  # an empty database
     assert not CommandNode.objects.exists()
@@ -223,6 +224,15 @@ def test_export_round_trips_and_never_contains_secrets(db, files):
     assert json.loads(run_export("second"))["clusters"][0]["sudo-mode"] == "service"
     assert SlurmCluster.objects.get(name="second").submit_lanes == 3
     assert SlurmCluster.objects.get(name="heidelberg").submit_lanes == 2  # the default
+    assert SlurmCluster.objects.get(name="second").user_dirs == "shared"
+    assert SlurmCluster.objects.get(name="heidelberg").user_dirs == "private"  # the default
+
+
+def test_import_refuses_unknown_user_dirs(db, files):
+    doc = json.dumps({"name": "dirs", "command-nodes": ["login1.example.org"], "user-dirs": "open"})
+    with pytest.raises(CommandError) as info:
+        run_import(files.json(doc, "dirs.json"), "--ssh-key", str(files.key), "--known-hosts", str(files.hosts))
+    assert "user_dirs" in str(info.value) and not SlurmCluster.objects.filter(name="dirs").exists()
 
 
 def test_import_refuses_bad_submit_lanes(db, files):
@@ -308,7 +318,7 @@ def admin_form_data(cluster, **changes):
         "name": cluster.name, "description": cluster.description, "enabled": "on", "ssh_user": cluster.ssh_user,
         "ssh_private_key": "", "known_hosts": "", "sudo_mode": cluster.sudo_mode,
         "work_prefix": cluster.work_prefix, "slurm_conf": cluster.slurm_conf, "submit_lanes": cluster.submit_lanes,
-        "gateway_nodes": json.dumps(cluster.gateway_nodes), "port_range": cluster.port_range,
+        "user_dirs": cluster.user_dirs, "gateway_nodes": json.dumps(cluster.gateway_nodes), "port_range": cluster.port_range,
         "last_sync_0": "", "last_sync_1": "",
         "partitions-TOTAL_FORMS": "0", "partitions-INITIAL_FORMS": "0",
         "accounts-TOTAL_FORMS": "0", "accounts-INITIAL_FORMS": "0",

@@ -6,6 +6,7 @@ must hit its time limit is submitted first (module fixture) so its minute
 runs while the other tests do.
 """
 import os
+import shutil
 import subprocess
 import threading
 import time
@@ -321,6 +322,45 @@ def test_sudo_submission_runs_as_the_user(sudo, workdirs):
     acct = wait_for_end(sudo, job_id)
     assert (acct.state, acct.user, acct.account) == ("COMPLETED", "ada", "beta")
     assert sudo.read(f"{wd}/whoami-{job_id}.out").decode().split() == ["ada", "0022"]
+
+
+def test_private_user_dir_lets_in_the_user_and_the_portal_only(pool, sudo, service, bed):
+    private, shared = f"{bed.prefix}/private-{RUN}", f"{bed.prefix}/shared-{RUN}"
+    try:
+        sudo.ensure_private_dir(private, "ada")
+        sudo.ensure_private_dir(private, "ada")  # idempotent
+        service.ensure_dir(shared)
+        assert oct(os.stat(private).st_mode & 0o7777) == "0o770"  # 0700, the group bits show the ACL mask
+        acl = bed.local("getfacl", "-cp", private).stdout.split()
+        assert "user:ada:rwx" in acl and "other::---" in acl
+        outputs = {}
+        for wd in (private, shared):
+            job_id = sudo.submit(request(wd, "secret", "#!/bin/bash\necho top secret\n", account="beta"),
+                                 as_user="ada")
+            assert wait_for_end(sudo, job_id).state == "COMPLETED"
+            outputs[wd] = f"{wd}/secret-{job_id}.out"
+            assert sudo.read(outputs[wd]) == b"top secret\n"  # the portal reads it over SFTP either way
+        as_bert = bed.local("runuser", "-u", "bert", "--", "cat", outputs[private])
+        assert as_bert.returncode != 0 and "Permission denied" in as_bert.stderr
+        assert bed.local("runuser", "-u", "bert", "--", "ls", private).returncode != 0
+        assert bed.local("runuser", "-u", "bert", "--", "cat", outputs[shared]).stdout == "top secret\n"
+
+        in_service_mode = f"{private}/service"
+        service.ensure_private_dir(in_service_mode)  # no user: 0700 and no ACL entry
+        assert oct(os.stat(in_service_mode).st_mode & 0o7777) == "0o700"
+        for user in ("root", "a b", "$(id)"):
+            with pytest.raises(InvalidRequest):
+                sudo.ensure_private_dir(f"{bed.prefix}/x-{RUN}", user)
+        assert not os.path.exists(f"{bed.prefix}/x-{RUN}")
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_a_private_dir_that_cannot_be_made_is_a_clear_error(sudo, bed):
+    with pytest.raises(CommandFailed, match="cannot make the private work directory /proc/") as failed:
+        sudo.ensure_private_dir(f"/proc/nephele-{RUN}", "ada")
+    assert "mkdir" in failed.value.stderr  # the node's own words are kept
 
 
 def test_sudo_cannot_become_root_or_run_other_commands(pool, sudo, workdirs):

@@ -118,6 +118,21 @@ def test_sudo_mode_runs_each_users_job_as_that_user(slurm):
     assert job.account == "beta"
 
 
+def test_the_users_work_directory_is_private_unless_the_cluster_shares_it(slurm):
+    job = create(slurm)
+    assert job.state == State.PENDING and job.workdir.endswith("/ada")
+    assert os.stat(job.workdir).st_mode & 0o7007 == 0  # no sticky bit, nothing for others
+    acl = subprocess.run(["getfacl", "-cp", job.workdir], capture_output=True, text=True, check=True).stdout.split()
+    assert "user:ada:rwx" in acl
+    assert wait_for_state(job, {State.COMPLETED, State.FAILED}).state == State.COMPLETED  # ada could write there
+
+    slurm.cluster.user_dirs = slurm.cluster.UserDirs.SHARED
+    slurm.cluster.save(update_fields=["user_dirs"])
+    job = create(slurm, cluster=slurm.cluster)
+    assert job.state == State.PENDING
+    assert os.stat(job.workdir).st_mode & 0o7777 == 0o1777
+
+
 def test_command_node_down_fails_over_to_the_next(slurm):
     subprocess.run([str(TESTBED_SLURM), "stop-node", "2222"], check=True, capture_output=True)
     try:
