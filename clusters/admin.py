@@ -181,6 +181,10 @@ class _KeepSecretsForm(forms.ModelForm):
 _HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
 
 
+def _https_urls(field, **kwargs):
+    return field.formfield(**{**_HTTPS_URLS.get(type(field), {}), **kwargs})
+
+
 class CloudForm(_KeepSecretsForm):
     """The cloud's admin credentials; a clouds.yaml entry is checked to exist."""
 
@@ -189,7 +193,7 @@ class CloudForm(_KeepSecretsForm):
     class Meta:
         model = Cloud
         fields = "__all__"
-        formfield_callback = staticmethod(lambda field, **kw: field.formfield(**{**_HTTPS_URLS.get(type(field), {}), **kw}))
+        formfield_callback = _https_urls
 
     def clean(self):
         data = super().clean()

@@ -17,6 +17,10 @@ class SlurmCluster(models.Model):
         SERVICE = "service", "Submit as the portal's service user"
         SUDO = "sudo", "sudo -n -u <user> on behalf of each user"
 
+    class UserDirs(models.TextChoices):
+        PRIVATE = "private", "Private: 0700, the user let in by an ACL (needs setfacl on the nodes)"
+        SHARED = "shared", "Shared: 1777 like /tmp, so other users can read the output"
+
     name = models.SlugField(max_length=64, unique=True, help_text="Used in the API (`cluster`).")
     description = models.CharField(max_length=200, blank=True)
     enabled = models.BooleanField(default=True)
@@ -31,10 +35,6 @@ class SlurmCluster(models.Model):
         help_text="sbatch sessions a large batch of submissions runs side by side on the command node "
                   "(1: one after the other). Batches under 8 jobs per session always run as one.",
     )
-    class UserDirs(models.TextChoices):
-        PRIVATE = "private", "Private: 0700, the user let in by an ACL (needs setfacl on the nodes)"
-        SHARED = "shared", "Shared: 1777 like /tmp, so other users can read the output"
-
     work_prefix = models.CharField(
         max_length=255, default="/tmp/nephele", help_text="Per-user work and log directories are $PREFIX/$USER."
     )
