@@ -178,7 +178,7 @@ def portal_rates(n, cluster, user, project, workers, web_workers, clients):
     port = 8790
     env = dict(os.environ, CELERY_TASK_DEFAULT_QUEUE=queue)
     web = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(web_workers), *os.environ.get("BENCH_GUNICORN_ARGS", "").split(),
+        [sys.executable, "-m", "gunicorn", "portal.wsgi", "-b", f"127.0.0.1:{port}", "-w", str(web_workers),
          "--log-level", "warning"], cwd=ROOT, env=env)
     names = [f"bench{i}-{os.getpid()}@bench" for i in range(workers)]
     # The workers start on an idle queue and are told to consume the jobs'

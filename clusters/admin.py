@@ -177,7 +177,9 @@ class _KeepSecretsForm(forms.ModelForm):
         return data
 
 
-# A keystone URL typed without a scheme is https (Django 6's default; 5.x warns).
+# A keystone URL typed without a scheme is https (Django 6's default; 5.x
+# warns). The admin makes its form's fields through its formfield_overrides;
+# CloudForm's Meta callback covers the class itself.
 _HTTPS_URLS = {models.URLField: {"assume_scheme": "https"}}
 
 

@@ -97,9 +97,10 @@ DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 # POST, the workers' claims) are not parsed and planned again every time:
 # about half of PostgreSQL's CPU per job POST. 0 turns it off (e.g. behind
 # PgBouncer in transaction mode before 1.21).
-if DATABASES["default"]["ENGINE"].endswith("postgresql") and env.int("DB_PREPARE_THRESHOLD", default=2) > 0:
+DB_PREPARE_THRESHOLD = env.int("DB_PREPARE_THRESHOLD", default=2)
+if DATABASES["default"]["ENGINE"].endswith("postgresql") and DB_PREPARE_THRESHOLD > 0:
     DATABASES["default"].setdefault("OPTIONS", {}).update(
-        server_side_binding=True, prepare_threshold=env.int("DB_PREPARE_THRESHOLD", default=2))
+        server_side_binding=True, prepare_threshold=DB_PREPARE_THRESHOLD)
 SILENCED_SYSTEM_CHECKS = []
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Celery worker, beat and the web server share the file: wait on locks.

@@ -324,6 +324,13 @@ def parse_batch_output(stdout, stderr, token):
 # -- the client ---------------------------------------------------------------------
 
 
+def _check_user(user):
+    """A POSIX user other than root the portal may act for, or InvalidRequest."""
+    if user is None or not POSIX_USER.match(str(user)) or user == "root":
+        raise InvalidRequest(f"not a valid user to run as: {user!r}")
+    return user
+
+
 def _check_text(label, value, *, required=True):
     value = "" if value is None else str(value)
     if required and not value:
@@ -370,9 +377,7 @@ class SlurmClient:
     def _as(self, as_user, argv):
         if self.sudo_mode != "sudo":
             return argv
-        if as_user is None or not POSIX_USER.match(str(as_user)) or as_user == "root":
-            raise InvalidRequest(f"not a valid user to run as: {as_user!r}")
-        return ["sudo", "-n", "-u", as_user] + argv
+        return ["sudo", "-n", "-u", _check_user(as_user)] + argv
 
     def _run(self, argv, *, stdin=None, env=None, ok=(0,)):
         """Run a command. Everything but sbatch is safe to run twice, so a
@@ -569,8 +574,8 @@ class SlurmClient:
         before setfacl, which then sets the mask so named entries work.
         Values are positional parameters of a fixed script, never code."""
         path = _check_text("directory", path)
-        if user is not None and (not POSIX_USER.match(str(user)) or user == "root"):
-            raise InvalidRequest(f"invalid POSIX user name: {user!r}")
+        if user is not None:
+            _check_user(user)
         script = ('mkdir -p -- "$1" && { [ ! -O "$1" ] || { chmod 0700 -- "$1" && '
                   '{ [ -z "$2" ] || setfacl -m "u:$2:rwx" -- "$1"; }; }; }')
         try:

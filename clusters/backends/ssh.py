@@ -298,7 +298,7 @@ class SSHPool:
                             raise  # nothing started: the next node may
                         results[i] = BackendUnavailable(
                             f"command not started on {label}: {exc.__cause__ or exc}", command=command)
-                self._collect(running, results, time.monotonic() + timeout, timeout, label)
+                self._collect(running, results, timeout, label)
             finally:
                 for run in running:
                     run.chan.close()
@@ -329,9 +329,11 @@ class SSHPool:
             run.error = exc  # sent in part, so it may run: reported as broken
         return run
 
-    def _collect(self, running, results, deadline, timeout, label):
-        """Read every running command to its end and exit status, filling
-        `results` with a Result or a BackendUnavailable each."""
+    def _collect(self, running, results, timeout, label):
+        """Read every running command to its end and exit status, within
+        `timeout` seconds from now, filling `results` with a Result or a
+        BackendUnavailable each."""
+        deadline = time.monotonic() + timeout
         waiting = list(running)
         while waiting:
             for run in list(waiting):
